@@ -1,0 +1,332 @@
+"""Draw the comparison figures of one network from the per-mode summaries.
+
+Usage::
+
+    python draw.py -b logs -n lenet --target 0.9            # figures go to logs/lenet/
+
+Reads ``<base>/<network>/<mode>/summary.json`` for every mode among esync, sync, async,
+dcasgd, local and their ``-niid`` twins (a mode folder with worker logs but no, or a stale,
+summary.json is summarised on the fly by ``summary.load_summary``) and writes:
+
+* ``accuracy_iid.png`` / ``accuracy_niid.png``: test accuracy vs wall-clock seconds of rank 0;
+  the standalone run (``local``) is a dotted horizontal line at its final accuracy
+  (``local-niid`` on the niid figure, ``local`` when there is no ``local-niid``).
+  ``accuracy_niid.png`` only when a ``-niid`` mode exists.
+* ``throughput.png``: cluster samples/s per mode (bars; iid and niid side by side).
+* ``traffic.png``: cluster KVStore traffic (pushed + pulled) per mode, in B/s, KB/s or MB/s
+  (decimal: 1 KB = 10^3 B, 1 MB = 10^6 B) depending on the largest value.
+* ``compute_ratio.png``: compute-time ratio of every worker (x: rank, device, slowdown S),
+  one bar per mode, one panel per split.
+* ``speedup.md``: time to ``--target`` accuracy per mode and ESync's speedup
+  = baseline time / ESync time (same split); ``speedup_table`` returns it as data.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+from matplotlib.axes import Axes  # noqa: E402
+from matplotlib.ticker import PercentFormatter  # noqa: E402
+
+from summary import (  # noqa: E402
+    BASE_MODES,
+    SummaryError,
+    base_mode,
+    byte_unit,
+    esync_of,
+    load_all,
+    ratio,
+    time_to_target,
+)
+
+Summary = dict[str, Any]
+DPI = 120
+WIDTH_IN = 6.8  # 816 px at DPI
+COLORS = {"esync": "tab:red", "sync": "tab:blue", "async": "tab:orange",
+          "dcasgd": "tab:green", "local": "dimgray"}
+LABELS = {"esync": "ESync", "sync": "Sync", "async": "Async", "dcasgd": "DC-ASGD",
+          "local": "Standalone"}
+SPLITS = ("iid", "niid")
+
+
+class DrawError(Exception):
+    """Nothing to draw (the CLI turns it into exit code 2)."""
+
+
+def label(mode: str) -> str:
+    """Legend name of a mode-dir, e.g. ``ESync (non-iid)``."""
+    name = LABELS.get(base_mode(mode), base_mode(mode))
+    return f"{name} (non-iid)" if mode.endswith("-niid") else name
+
+
+def of_split(summaries: dict[str, Summary], split: str) -> dict[str, Summary]:
+    """The summaries of one split, order kept."""
+    return {m: s for m, s in summaries.items() if s.get("split", "iid") == split}
+
+
+def _save(fig: plt.Figure, path: Path) -> str:
+    fig.savefig(path, dpi=DPI)
+    plt.close(fig)
+    return str(path)
+
+
+def _title(summaries: dict[str, Summary], what: str) -> str:
+    first = next(iter(summaries.values()))
+    dataset = f" on {first['dataset']}" if first.get("dataset") else ""
+    return f"{first.get('network', '')}{dataset}: {what}"
+
+
+def _local_line(summaries: dict[str, Summary], split: str) -> tuple[str, float] | None:
+    """(mode, accuracy) of the standalone run drawn as the dotted reference line."""
+    for mode in (f"local-{split}" if split == "niid" else "local", "local"):
+        summary = summaries.get(mode)
+        if summary is not None:
+            acc = summary.get("final_accuracy")
+            acc = summary.get("best_accuracy") if acc is None else acc
+            if acc is not None:
+                return mode, acc
+    return None
+
+
+def plot_accuracy(summaries: dict[str, Summary], split: str, target: float | None,
+                  path: Path) -> str:
+    """Test accuracy vs wall-clock seconds of the distributed modes of one split."""
+    fig, ax = plt.subplots(figsize=(WIDTH_IN, 4.4))
+    curves = 0
+    for mode, summary in of_split(summaries, split).items():
+        if base_mode(mode) == "local" or not summary.get("accuracy"):
+            continue
+        curves += 1
+        xs, ys = zip(*summary["accuracy"], strict=True)
+        ax.plot(xs, ys, marker="o", markersize=3, linewidth=1.6,
+                color=COLORS.get(base_mode(mode)), label=label(mode))
+    local = _local_line(summaries, split)
+    if local is not None:
+        ax.axhline(local[1], color=COLORS["local"], linestyle=":", linewidth=2,
+                   label=f"{label(local[0])} final: {local[1]:.1%}")
+    if target is not None:
+        ax.axhline(target, color="black", linewidth=0.8, alpha=0.35,
+                   label=f"target {target:.0%}")
+    if curves == 0:
+        ax.text(0.5, 0.5, "no distributed run with test accuracy", ha="center",
+                transform=ax.transAxes)
+    name = "iid" if split == "iid" else "non-iid"
+    ax.set_title(_title(summaries, f"test accuracy vs time ({name} split)"))
+    ax.set_xlabel("wall-clock time since start (s)")
+    ax.set_ylabel("test accuracy")
+    ax.yaxis.set_major_formatter(PercentFormatter(1.0))
+    ax.set_xlim(left=0)
+    ax.grid(alpha=0.3)
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(loc="lower right", fontsize=9)
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+def _bar_groups(summaries: dict[str, Summary]) -> tuple[list[str], list[str]]:
+    """(base modes present in order, splits present in order)."""
+    bases = [m for m in BASE_MODES if any(base_mode(k) == m for k in summaries)]
+    splits = [s for s in SPLITS if of_split(summaries, s)]
+    return bases, splits
+
+
+def _mode_bars(ax: Axes, summaries: dict[str, Summary], key: str, scale: float,
+               fmt: str) -> None:
+    """Grouped bars: x = base mode, one bar per split, value printed on top."""
+    bases, splits = _bar_groups(summaries)
+    width = 0.8 / len(splits)
+    for j, split in enumerate(splits):
+        suffix = "" if split == "iid" else "-niid"
+        xs, values, colors = [], [], []
+        for i, base in enumerate(bases):
+            summary = summaries.get(base + suffix)
+            if summary is not None:
+                xs.append(i + (j - (len(splits) - 1) / 2) * width)
+                values.append(summary[key] / scale)
+                colors.append(COLORS.get(base, "gray"))
+        bars = ax.bar(xs, values, width * 0.92, color=colors, edgecolor="black",
+                      linewidth=0.6, hatch="//" if split == "niid" else None,
+                      label="iid" if split == "iid" else "non-iid")
+        ax.bar_label(bars, labels=[format(v, fmt) for v in values], fontsize=8, padding=2)
+    ax.set_xticks(range(len(bases)), [LABELS.get(b, b) for b in bases])
+    ax.margins(y=0.15)
+    ax.grid(axis="y", alpha=0.3)
+    if len(splits) > 1:
+        ax.legend(fontsize=9)
+
+
+def plot_throughput(summaries: dict[str, Summary], path: Path) -> str:
+    """Cluster data throughput (samples/s) per mode."""
+    fig, ax = plt.subplots(figsize=(WIDTH_IN, 4.0))
+    _mode_bars(ax, summaries, "samples_per_s", 1.0, ",.0f")
+    ax.set_title(_title(summaries, "data throughput (all workers)"))
+    ax.set_ylabel("training samples / s")
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+def plot_traffic(summaries: dict[str, Summary], path: Path) -> str:
+    """Cluster KVStore traffic (bytes pushed + pulled per second) per mode."""
+    unit, scale = byte_unit(max(s["bytes_per_s"] for s in summaries.values()))
+    fig, ax = plt.subplots(figsize=(WIDTH_IN, 4.0))
+    _mode_bars(ax, summaries, "bytes_per_s", scale, ",.1f")
+    ax.set_title(_title(summaries, "traffic load (push + pull, all workers)"))
+    ax.set_ylabel(f"traffic ({unit})")
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+def _worker_labels(summaries: dict[str, Summary]) -> dict[Any, str]:
+    """Rank -> tick label ``rank r / device / S=x`` (first mode that has the rank wins)."""
+    hosts = {w.get("host") for s in summaries.values() for w in s["workers"]}
+    labels: dict[Any, str] = {}
+    for summary in summaries.values():
+        for w in summary["workers"]:
+            if w["rank"] in labels:
+                continue
+            where = f"{w.get('host')}/{w.get('device')}" if len(hosts) > 1 else w.get("device")
+            slowdown = w.get("slowdown")
+            speed = f"S={slowdown:g}" if isinstance(slowdown, int | float) else "S=?"
+            labels[w["rank"]] = f"rank {w['rank']}\n{where}\n{speed}"
+    return labels
+
+
+def _bar_slots(ranks: list[Any], summaries: dict[str, Summary]) -> dict[tuple[str, Any], float]:
+    """x of every (mode, rank) bar: the bars present at a rank are centred on its tick."""
+    width = 0.8 / len(summaries)
+    slots = {}
+    for i, rank in enumerate(ranks):
+        present = [m for m, s in summaries.items() if any(w["rank"] == rank for w in s["workers"])]
+        for j, mode in enumerate(present):
+            slots[mode, rank] = i + (j - (len(present) - 1) / 2) * width
+    return slots
+
+
+def _ratio_panel(ax: Axes, summaries: dict[str, Summary], title: str) -> None:
+    """One panel of compute-time ratio bars: x = worker rank, one bar per mode."""
+    labels = _worker_labels(summaries)
+    ranks = sorted(labels, key=lambda r: (r is None, r or 0))
+    slots = _bar_slots(ranks, summaries)
+    width = 0.8 / len(summaries)
+    for mode, summary in summaries.items():
+        workers = [w for w in summary["workers"] if (mode, w["rank"]) in slots]
+        values = [w["compute_time_ratio"] for w in workers]
+        bars = ax.bar([slots[mode, w["rank"]] for w in workers], values, width * 0.92,
+                      color=COLORS.get(base_mode(mode), "gray"), edgecolor="black",
+                      linewidth=0.5, label=label(mode))
+        if len(slots) <= 24:
+            ax.bar_label(bars, labels=[f"{v:.2f}" for v in values], fontsize=7, padding=1)
+    ax.set_xticks(range(len(ranks)), [labels[r] for r in ranks], fontsize=8)
+    ax.set_xlim(-0.5, len(ranks) - 0.5)
+    top = max(1.0, *(w["compute_time_ratio"] for s in summaries.values() for w in s["workers"]))
+    ax.set_ylim(0, top * 1.35)
+    ax.set_yticks([t for t in ax.get_yticks() if t <= top + 1e-9])
+    ax.set_ylabel("compute time / wall time")
+    ax.set_title(title, fontsize=10)
+    ax.grid(axis="y", alpha=0.3)
+    ax.legend(fontsize=8, ncol=min(len(summaries), 5), loc="upper center")
+
+
+def plot_compute_ratio(summaries: dict[str, Summary], path: Path) -> str:
+    """Compute-time ratio per worker and mode (cf. the paper's Fig. 5)."""
+    splits = [s for s in SPLITS if of_split(summaries, s)]
+    fig, axes = plt.subplots(len(splits), 1, figsize=(WIDTH_IN, 3.6 * len(splits) + 0.4),
+                             squeeze=False)
+    for ax, split in zip(axes[:, 0], splits, strict=True):
+        _ratio_panel(ax, of_split(summaries, split), f"{'iid' if split == 'iid' else 'non-iid'}"
+                     " split: share of wall-clock time spent computing")
+    fig.suptitle(_title(summaries, "compute-time ratio per worker"), fontsize=11)
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+def speedup_table(summaries: dict[str, Summary], target: float) -> list[dict[str, Any]]:
+    """Per mode: time to ``target`` and ESync's speedup (baseline time / ESync time)."""
+    times = {m: time_to_target(s.get("accuracy") or [], target) for m, s in summaries.items()}
+    rows = []
+    for mode, summary in summaries.items():
+        reference = esync_of(mode)
+        rows.append({
+            "mode": mode,
+            "split": summary.get("split", "iid"),
+            "time_to_target_s": times[mode],
+            "final_accuracy": summary.get("final_accuracy"),
+            "esync_mode": reference if reference in summaries else None,
+            "esync_speedup": ratio(times[mode], times.get(reference)),
+        })
+    return rows
+
+
+def _cell(value: float | None, fmt: str, missing: str = "not reached") -> str:
+    """``value`` formatted, or ``missing`` when it is None."""
+    return missing if value is None else format(value, fmt)
+
+
+def speedup_markdown(rows: list[dict[str, Any]], network: str, target: float) -> str:
+    """Markdown table of ``speedup_table`` rows."""
+    lines = [f"# {network}: time to {target:.1%} test accuracy", "",
+             "ESync speedup = baseline time to target / ESync time to target (same split);"
+             " *not reached* when either run never reached the target.", "",
+             "| mode | split | time to target (s) | final accuracy | ESync speedup |",
+             "|---|---|---:|---:|---:|"]
+    for row in rows:
+        speed = ("no ESync run" if row["esync_mode"] is None
+                 else _cell(row["esync_speedup"], ".2f"))
+        lines.append(f"| {row['mode']} | {row['split']} | {_cell(row['time_to_target_s'], '.1f')}"
+                     f" | {_cell(row['final_accuracy'], '.2%', 'n/a')} | {speed} |")
+    return "\n".join(lines) + "\n"
+
+
+def draw_all(base: str, network: str, target: float = 0.9,
+             outdir: str | None = None) -> list[str]:
+    """Draw every figure and ``speedup.md`` of ``<base>/<network>``; return the paths."""
+    summaries = load_all(base, network)
+    if not summaries:
+        raise DrawError(f"no summaries or worker logs of any mode under {Path(base) / network}")
+    out = Path(outdir) if outdir else Path(base) / network
+    out.mkdir(parents=True, exist_ok=True)
+    written = [plot_accuracy(summaries, split, target, out / f"accuracy_{split}.png")
+               for split in SPLITS if of_split(summaries, split)]
+    written += [plot_throughput(summaries, out / "throughput.png"),
+                plot_traffic(summaries, out / "traffic.png"),
+                plot_compute_ratio(summaries, out / "compute_ratio.png")]
+    speedup = out / "speedup.md"
+    speedup.write_text(speedup_markdown(speedup_table(summaries, target), network, target),
+                       encoding="utf-8")
+    return written + [str(speedup)]
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    """Command-line flags."""
+    parser = argparse.ArgumentParser(description="Draw the comparison figures of one network")
+    parser.add_argument("-b", "--base", default="logs", help="log directory (default: logs)")
+    parser.add_argument("-n", "--network", required=True, help="network name, e.g. lenet")
+    parser.add_argument("--target", type=float, default=0.9,
+                        help="test accuracy for the time-to-accuracy table (default: 0.9)")
+    parser.add_argument("-o", "--outdir", default=None,
+                        help="output folder (default: <base>/<network>)")
+    return parser.parse_args(argv)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """CLI entry point; returns the exit code."""
+    args = parse_args(argv)
+    try:
+        paths = draw_all(args.base, args.network, args.target, args.outdir)
+    except (DrawError, SummaryError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print("\n".join(paths))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,82 @@
+"""ESync entry point: a worker or standalone trainer, or the MXNet scheduler / server.
+
+    python main.py -m local -n lenet                        # standalone, one device
+    DMLC_ROLE=scheduler DMLC_PS_ROOT_URI=... python main.py # ps-lite scheduler
+    DMLC_ROLE=server    DMLC_PS_ROOT_URI=... python main.py # parameter server
+    DMLC_ROLE=worker    DMLC_PS_ROOT_URI=... python main.py -m esync -n lenet
+
+``python launch.py`` starts a whole cluster on this machine.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+
+def _limit_threads(threads: int) -> None:
+    """OMP / MKL / OpenBLAS threads of this process, unless the environment already says."""
+    for name in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
+        os.environ.setdefault(name, str(threads))
+
+
+def _threads_flag(argv: list[str] | None) -> int:
+    """The value of --threads, read before the full parser (which imports MXNet)."""
+    import argparse
+
+    pre = argparse.ArgumentParser(add_help=False)
+    pre.add_argument("--threads", type=int, default=1)
+    known, _ = pre.parse_known_args(argv)
+    return max(1, known.threads)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Dispatch on DMLC_ROLE; returns the exit code."""
+    from trainer.cluster import ClusterConfigError, dmlc_role
+
+    try:
+        role = dmlc_role()
+    except ClusterConfigError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    if role in ("scheduler", "server"):
+        # ``import mxnet`` runs these roles, so check the environment before anything imports it;
+        # worker flags that the slides also pass to these roles are ignored.
+        _limit_threads(1)
+        try:
+            from trainer.cluster import run_scheduler_or_server
+
+            run_scheduler_or_server(role)
+        except ClusterConfigError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
+    _limit_threads(_threads_flag(argv))  # before anything loads MXNet's OpenMP runtime
+    from trainer.options import parse_args
+
+    args = parse_args(argv)
+    if role is None and args.mode != "local":
+        print(f"error: -m {args.mode} is distributed: start it with launch.py, or run this "
+              "command with DMLC_ROLE=worker and the DMLC_* variables (docs/deployment.md)",
+              file=sys.stderr)
+        return 2
+    if role == "worker" and args.mode == "local":
+        print("error: -m local is standalone; unset DMLC_ROLE", file=sys.stderr)
+        return 2
+    from trainer.cluster import ClusterConfigError as ConfigError
+    from trainer.loop import run
+    from utils import DatasetError
+
+    try:
+        return run(args, distributed=role == "worker")
+    except (DatasetError, ConfigError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except RuntimeError as exc:
+        if type(exc).__module__ != "trainer.state_client":
+            raise
+        print(f"error: State Server: {exc}", file=sys.stderr)
+        return 4
+
+
+if __name__ == "__main__":
+    sys.exit(main())

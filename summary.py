@@ -1,0 +1,333 @@
+"""Summarise the run records of one mode into ``summary.json``.
+
+Usage::
+
+    python summary.py -b logs -n lenet -m esync        # writes logs/lenet/esync/summary.json
+
+Reads every worker folder ``<base>/<network>/<mode>/<host>/<device>-rank<r>/`` (format in
+``docs/log-format.md``): ``meta.json`` plus ``rounds.jsonl``. Blank lines and an unparseable
+*last* line (a worker killed mid-write) are skipped; an unparseable line anywhere else is an
+error naming the file and line.
+
+Definitions (exact, tests assert them):
+
+Per worker, over its records (one record per round):
+
+* ``wall_s`` = ``time`` of its last record (seconds since its ``started_at``; 0 if no records)
+* ``rounds`` = number of records
+* ``local_iterations`` = sum of ``local_iterations``
+* ``samples_per_s`` = sum(``samples``) / wall_s
+* ``bytes_per_s`` = sum(``bytes_pushed`` + ``bytes_pulled``) / wall_s
+* ``compute_time_ratio`` = sum(``compute_s``) / wall_s
+
+Cluster:
+
+* ``duration_s`` = max worker ``wall_s``
+* ``samples_per_s`` = total samples of all workers / duration_s
+* ``bytes_per_s`` = total bytes (pushed + pulled) of all workers / duration_s
+* ``accuracy`` = ``[time, test_acc]`` of the rank-0 records that carry ``test_acc``, file order
+* ``final_accuracy`` = last ``test_acc`` of that list, ``best_accuracy`` = its max
+  (both ``null`` when there is none)
+* ``num_workers`` = number of worker folders found (a warning goes to stderr when it differs
+  from ``num_workers`` in a meta.json)
+
+Every rate whose denominator is 0 (no records yet) is 0.0.
+``time_to_target(accuracy, target)`` is the first time with accuracy >= target, else None.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+SUMMARY_NAME = "summary.json"
+META_NAME = "meta.json"
+ROUNDS_NAME = "rounds.jsonl"
+BASE_MODES = ("esync", "sync", "async", "dcasgd", "local")
+ALL_MODES = BASE_MODES + tuple(f"{m}-niid" for m in BASE_MODES)
+_WORKER_RE = re.compile(r"^(?P<device>.+)-rank(?P<rank>\d+)$")
+
+Record = dict[str, Any]
+
+
+class SummaryError(Exception):
+    """Bad or missing run records (the CLI turns it into exit code 2)."""
+
+
+def warn(message: str) -> None:
+    """Print a warning to stderr."""
+    print(f"warning: {message}", file=sys.stderr)
+
+
+def read_rounds(path: Path) -> list[Record]:
+    """Parse ``rounds.jsonl``; skip blank lines and an unparseable last line."""
+    if not path.exists():
+        return []
+    lines = path.read_text(encoding="utf-8", errors="replace").splitlines()
+    nonblank = [i for i, line in enumerate(lines) if line.strip()]
+    last = nonblank[-1] if nonblank else -1
+    records: list[Record] = []
+    for i in nonblank:
+        try:
+            record = json.loads(lines[i])
+        except json.JSONDecodeError as exc:
+            if i == last:
+                warn(f"{path}:{i + 1}: skipping truncated last line")
+                continue
+            raise SummaryError(f"{path}:{i + 1}: unparseable line ({exc.msg})") from exc
+        if not isinstance(record, dict) or not isinstance(record.get("time"), int | float):
+            raise SummaryError(f"{path}:{i + 1}: expected a JSON object with a numeric 'time'")
+        records.append(record)
+    return records
+
+
+def _meta_from_path(folder: Path) -> dict[str, Any]:
+    """Fallback meta derived from ``<host>/<device>-rank<r>`` when meta.json is missing."""
+    match = _WORKER_RE.match(folder.name)
+    device, rank = (match["device"], int(match["rank"])) if match else (folder.name, 0)
+    return {"host": folder.parent.name, "device": device, "rank": rank}
+
+
+def load_worker(folder: str | os.PathLike[str]) -> tuple[dict[str, Any], list[Record]]:
+    """Return ``(meta, records)`` of one worker folder."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise SummaryError(f"worker folder {folder} does not exist")
+    meta_path = folder / META_NAME
+    if meta_path.exists():
+        try:
+            meta = json.loads(meta_path.read_text(encoding="utf-8"))
+        except json.JSONDecodeError as exc:
+            raise SummaryError(f"{meta_path}: unparseable ({exc.msg})") from exc
+    else:
+        warn(f"{meta_path} missing; host/device/rank taken from the folder names")
+        meta = {}
+    meta = {**_meta_from_path(folder), **meta}
+    return meta, read_rounds(folder / ROUNDS_NAME)
+
+
+def _rate(amount: float, seconds: float) -> float:
+    """``amount / seconds``, 0.0 when ``seconds`` is 0."""
+    return amount / seconds if seconds > 0 else 0.0
+
+
+def _sum(records: list[Record], key: str) -> float:
+    return sum(r.get(key, 0) for r in records)
+
+
+def worker_stats(meta: dict[str, Any], records: list[Record]) -> dict[str, Any]:
+    """Per-worker statistics (definitions in the module docstring)."""
+    wall = float(records[-1]["time"]) if records else 0.0
+    samples = _sum(records, "samples")
+    nbytes = _sum(records, "bytes_pushed") + _sum(records, "bytes_pulled")
+    compute = _sum(records, "compute_s")
+    return {
+        "rank": meta.get("rank"),
+        "host": meta.get("host"),
+        "device": meta.get("device"),
+        "slowdown": meta.get("slowdown"),
+        "rounds": len(records),
+        "local_iterations": _sum(records, "local_iterations"),
+        "wall_s": wall,
+        "samples": samples,
+        "bytes": nbytes,
+        "compute_s": compute,
+        "wait_s": _sum(records, "wait_s"),
+        "query_s": _sum(records, "query_s"),
+        "comm_s": _sum(records, "comm_s"),
+        "eval_s": _sum(records, "eval_s"),
+        "samples_per_s": _rate(samples, wall),
+        "bytes_per_s": _rate(nbytes, wall),
+        "compute_time_ratio": _rate(compute, wall),
+    }
+
+
+def time_to_target(accuracy: Sequence[Sequence[float]], target: float) -> float | None:
+    """First time whose accuracy is >= ``target``; None when it is never reached."""
+    for seconds, acc in accuracy:
+        if acc >= target:
+            return float(seconds)
+    return None
+
+
+def _listing(base_net: Path) -> str:
+    """Human-readable list of what exists under ``<base>/<network>/``."""
+    if not base_net.is_dir():
+        parent = base_net.parent
+        found = sorted(p.name for p in parent.iterdir()) if parent.is_dir() else []
+        return f"{base_net} does not exist either; {parent} holds: {found or 'nothing'}"
+    found = sorted(p.name for p in base_net.iterdir() if p.is_dir())
+    return f"{base_net} holds: {found or 'nothing'}"
+
+
+def find_workers(mode_dir: str | os.PathLike[str]) -> list[Path]:
+    """Every ``<host>/<device>-rank<r>/`` folder below ``mode_dir`` (error when none)."""
+    mode_dir = Path(mode_dir)
+    workers = sorted(p for p in mode_dir.glob("*/*-rank*") if p.is_dir())
+    if not workers:
+        what = "has no worker folders" if mode_dir.is_dir() else "does not exist"
+        raise SummaryError(f"{mode_dir} {what}; {_listing(mode_dir.parent)}")
+    return workers
+
+
+def _split_of(mode_dir: Path, metas: list[dict[str, Any]]) -> str:
+    """``iid``/``niid`` from the folder name, cross-checked with meta.json."""
+    split = "niid" if mode_dir.name.endswith("-niid") else "iid"
+    other = {m["split"] for m in metas if "split" in m} - {split}
+    if other:
+        warn(f"{mode_dir}: folder name says {split} but meta.json says {sorted(other)}")
+    return split
+
+
+def _check_workers(mode_dir: Path, metas: list[dict[str, Any]]) -> None:
+    """Warn on a worker count or rank set that does not match meta.json."""
+    declared = {m["num_workers"] for m in metas if "num_workers" in m}
+    if declared - {len(metas)}:
+        warn(f"{mode_dir}: found {len(metas)} worker folders, meta.json says {sorted(declared)}")
+    ranks = [m.get("rank") for m in metas]
+    if len(set(ranks)) != len(ranks):
+        warn(f"{mode_dir}: duplicate ranks {sorted(ranks)} (stale folders from another run?)")
+
+
+def _accuracy(workers: list[tuple[dict[str, Any], list[Record]]]) -> tuple[list, list]:
+    """``[time, test_acc]`` and ``[time, test_loss]`` pairs of the rank-0 worker."""
+    rank0 = [recs for meta, recs in workers if meta.get("rank") == 0]
+    if not rank0:
+        warn("no rank-0 worker folder: no accuracy curve")
+        return [], []
+    evals = [r for r in rank0[0] if r.get("test_acc") is not None]
+    acc = [[float(r["time"]), float(r["test_acc"])] for r in evals]
+    loss = [[float(r["time"]), float(r["test_loss"])] for r in evals if "test_loss" in r]
+    return acc, loss
+
+
+def summarize(mode_dir: str | os.PathLike[str]) -> dict[str, Any]:
+    """Summary dict of one mode folder (definitions in the module docstring)."""
+    mode_dir = Path(mode_dir)
+    workers = [load_worker(folder) for folder in find_workers(mode_dir)]
+    metas = [meta for meta, _ in workers]
+    _check_workers(mode_dir, metas)
+    stats = sorted((worker_stats(m, r) for m, r in workers),
+                   key=lambda w: (w["rank"] is None, w["rank"] or 0, str(w["host"])))
+    duration = max(w["wall_s"] for w in stats)
+    samples = sum(w["samples"] for w in stats)
+    nbytes = sum(w["bytes"] for w in stats)
+    accuracy, loss = _accuracy(workers)
+    accs = [a for _, a in accuracy]
+    return {
+        "mode": mode_dir.name,
+        "network": metas[0].get("network", mode_dir.parent.name),
+        "dataset": metas[0].get("dataset"),
+        "split": _split_of(mode_dir, metas),
+        "num_workers": len(stats),
+        "duration_s": duration,
+        "total_samples": samples,
+        "total_bytes": nbytes,
+        "samples_per_s": _rate(samples, duration),
+        "bytes_per_s": _rate(nbytes, duration),
+        "accuracy": accuracy,
+        "loss": loss,
+        "final_accuracy": accs[-1] if accs else None,
+        "best_accuracy": max(accs) if accs else None,
+        "workers": stats,
+    }
+
+
+def write_summary(mode_dir: str | os.PathLike[str]) -> str:
+    """Summarise ``mode_dir`` and write ``<mode_dir>/summary.json``; return its path."""
+    summary = summarize(mode_dir)
+    path = Path(mode_dir) / SUMMARY_NAME
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(summary, indent=1) + "\n", encoding="utf-8")
+    os.replace(tmp, path)
+    return str(path)
+
+
+def _is_stale(mode_dir: Path, summary_path: Path) -> bool:
+    """True when a worker file is newer than ``summary.json``."""
+    written = summary_path.stat().st_mtime
+    logs = [p for name in (ROUNDS_NAME, META_NAME) for p in mode_dir.glob(f"*/*-rank*/{name}")]
+    return any(p.stat().st_mtime > written for p in logs)
+
+
+def load_summary(mode_dir: str | os.PathLike[str]) -> dict[str, Any]:
+    """``summary.json`` of ``mode_dir``, recomputed (not written) when missing or stale."""
+    mode_dir = Path(mode_dir)
+    path = mode_dir / SUMMARY_NAME
+    if path.exists() and not _is_stale(mode_dir, path):
+        return json.loads(path.read_text(encoding="utf-8"))
+    return summarize(mode_dir)
+
+
+def load_all(base: str | os.PathLike[str], network: str) -> dict[str, dict[str, Any]]:
+    """Summaries of every known mode under ``<base>/<network>/``, in ``ALL_MODES`` order.
+
+    A mode counts when its folder holds ``summary.json`` or worker folders.
+    """
+    net_dir = Path(base) / network
+    found: dict[str, dict[str, Any]] = {}
+    for mode in ALL_MODES:
+        mode_dir = net_dir / mode
+        if (mode_dir / SUMMARY_NAME).exists() or any(mode_dir.glob("*/*-rank*")):
+            found[mode] = load_summary(mode_dir)
+    return found
+
+
+def base_mode(mode: str) -> str:
+    """Mode-dir name without the ``-niid`` suffix."""
+    return mode.removesuffix("-niid")
+
+
+def esync_of(mode: str) -> str:
+    """The ESync mode-dir name with the same split as ``mode``."""
+    return "esync-niid" if mode.endswith("-niid") else "esync"
+
+
+def ratio(numerator: float | None, denominator: float | None) -> float | None:
+    """``numerator / denominator``; None when either is None or the denominator is 0."""
+    if numerator is None or denominator is None or denominator == 0:
+        return None
+    return numerator / denominator
+
+
+def byte_unit(largest: float) -> tuple[str, float]:
+    """(unit, divisor) for a bytes/s axis whose largest value is ``largest``."""
+    if largest >= 1e6:
+        return "MB/s", 1e6
+    if largest >= 1e3:
+        return "KB/s", 1e3
+    return "B/s", 1.0
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    """Command-line flags."""
+    parser = argparse.ArgumentParser(description="Write <base>/<network>/<mode>/summary.json")
+    parser.add_argument("-b", "--base", default="logs", help="log directory (default: logs)")
+    parser.add_argument("-n", "--network", required=True, help="network name, e.g. lenet")
+    parser.add_argument("-m", "--mode", required=True,
+                        help=f"mode folder, one of {', '.join(ALL_MODES)}")
+    return parser.parse_args(argv)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """CLI entry point; returns the exit code."""
+    args = parse_args(argv)
+    if args.mode not in ALL_MODES:
+        warn(f"unknown mode {args.mode!r} (known: {', '.join(ALL_MODES)}); reading it anyway")
+    try:
+        path = write_summary(Path(args.base) / args.network / args.mode)
+    except SummaryError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print(path)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""Training: one loop (``loop.py``) and one synchronisation strategy per mode (``modes.py``)."""

@@ -1,0 +1,199 @@
+"""The one training loop shared by every mode, and the worker's setup around it."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import socket
+import sys
+import time
+
+import mxnet as mx
+import numpy as np
+from mxnet import autograd, gluon
+
+from models import get_model, input_size
+from trainer.cluster import JoinWatchdog, create_kvstore
+from trainer.modes import AsyncMode, ESyncMode, Mode, Model, Progress, SyncMode
+from trainer.options import mode_dir_name
+from trainer.records import RoundStats, RunLog, worker_dir
+from utils import BatchIterator, Dataset, load_dataset, partition, test_batches
+
+SMOOTHING = 0.5  # weight of the newest batch in the moving average of c
+
+
+def pick_device(gpu: int | None, force_cpu: bool) -> tuple[mx.Context, str]:
+    """CPU unless a GPU is asked for and exists; warns when the asked GPU is missing."""
+    if gpu is None or force_cpu:
+        return mx.cpu(), "cpu"
+    available = mx.context.num_gpus()
+    if gpu < 0 or gpu >= available:
+        print(f"warning: GPU {gpu} asked for but {available} GPU(s) found; using the CPU",
+              file=sys.stderr)
+        return mx.cpu(), "cpu"
+    return mx.gpu(gpu), f"gpu{gpu}"
+
+
+def make_mode(args: argparse.Namespace) -> Mode:
+    """The synchronisation strategy of ``-m``."""
+    if args.mode == "esync":
+        from trainer.state_client import StateClient
+
+        client = StateClient(f"http://{args.ip}:{args.port}", retry_for=args.state_retry)
+        return ESyncMode(args.local_lr, args.batch_size, args.global_lr, client, args.epsilon)
+    if args.mode == "sync":
+        return SyncMode(args.lr, args.batch_size)
+    if args.mode == "async":
+        return AsyncMode(args.lr, args.batch_size, bool(args.dcasgd))
+    return Mode(args.lr, args.batch_size)
+
+
+def build_model(args: argparse.Namespace, data: Dataset, ctx: mx.Context) -> tuple[Model, int]:
+    """Initialised network (shapes inferred, hybridized) and the input side length it needs."""
+    mx.random.seed(args.seed)
+    net = get_model(args.network)
+    net.initialize(mx.init.Xavier(magnitude=2.24), ctx=ctx)
+    size = input_size(args.network, data.image_size)
+    net(mx.nd.zeros((1, data.channels, size, size), ctx=ctx))
+    net.hybridize()
+    return Model.wrap(net, ctx), size
+
+
+def evaluate(model: Model, data: Dataset, size: int, batch_size: int) -> tuple[float, float]:
+    """Test accuracy and mean cross-entropy of the current parameters."""
+    loss_fn = gluon.loss.SoftmaxCrossEntropyLoss()
+    correct, total, loss_sum = 0, 0, 0.0
+    for x, y in test_batches(data.test_x, data.test_y, max(batch_size, 256), size):
+        xs = mx.nd.array(x, ctx=model.ctx)
+        ys = mx.nd.array(y, ctx=model.ctx)
+        out = model.net(xs)
+        loss_sum += float(loss_fn(out, ys).sum().asscalar())
+        correct += int((out.argmax(axis=1) == ys.astype("float32")).sum().asscalar())
+        total += len(y)
+    return correct / total, loss_sum / total
+
+
+class Worker:
+    """Runs the loop: compute batches, and synchronise when the mode says so."""
+
+    def __init__(self, args: argparse.Namespace, mode: Mode, model: Model, data: Dataset,
+                 batches: BatchIterator, size: int, log: RunLog) -> None:
+        self.args = args
+        self.mode = mode
+        self.model = model
+        self.data = data
+        self.batches = batches
+        self.size = size
+        self.log = log
+        self.loss_fn = gluon.loss.SoftmaxCrossEntropyLoss()
+
+    def warm_up(self) -> None:
+        """One forward/backward pass without an update, so graph building is not timed as c."""
+        x, y = next(self.batches)
+        self._forward_backward(x, y)
+        mx.nd.waitall()
+
+    def _forward_backward(self, x: np.ndarray, y: np.ndarray) -> None:
+        xs = mx.nd.array(x, ctx=self.model.ctx)
+        ys = mx.nd.array(y, ctx=self.model.ctx)
+        with autograd.record():
+            loss = self.loss_fn(self.model.net(xs), ys)
+        loss.backward()
+
+    def compute_batch(self, progress: Progress, stats: RoundStats) -> None:
+        """One local iteration, then the emulated slowdown; updates k, c and te."""
+        started = time.perf_counter()
+        x, y = next(self.batches)
+        self._forward_backward(x, y)
+        self.mode.local_update(self.model)
+        mx.nd.waitall()
+        busy = time.perf_counter() - started
+        if self.args.slowdown > 1.0:
+            time.sleep((self.args.slowdown - 1.0) * busy)
+        seconds = time.perf_counter() - started
+        progress.c = seconds if progress.c == 0.0 else (
+            SMOOTHING * seconds + (1.0 - SMOOTHING) * progress.c)
+        progress.k += 1
+        progress.te = time.time()
+        stats.compute_s += seconds
+        stats.local_iterations += 1
+        stats.samples += len(y)
+
+    def wants_stop(self, round_no: int) -> bool:
+        """This worker's own stopping rule (the modes make it collective where needed)."""
+        if round_no >= self.args.rounds:
+            return True
+        return bool(self.args.max_time) and self.log.elapsed() >= self.args.max_time
+
+    def end_round(self, round_no: int, stats: RoundStats, stop: bool, started: float) -> None:
+        """Evaluate (rank 0), checksum, and write the round's record."""
+        args = self.args
+        if self.mode.rank == 0 and (round_no % args.eval_every == 0 or stop):
+            t0 = time.perf_counter()
+            acc, loss = evaluate(self.model, self.data, self.size, args.batch_size)
+            stats.eval_s += time.perf_counter() - t0
+            stats.extra.update(test_acc=round(acc, 6), test_loss=round(loss, 6))
+            print(f"[Iteration {round_no}] Test Acc {acc:.3f} Loss {loss:.4f} "
+                  f"Time {self.log.elapsed():.1f}s", flush=True)
+        every = args.checksum_every
+        if self.mode.agrees_on_params and every > 0 and (round_no % every == 0 or stop):
+            stats.extra["checksum"] = self.model.checksum()
+        accounted = stats.compute_s + stats.query_s + stats.comm_s + stats.eval_s
+        stats.wait_s = max(0.0, time.perf_counter() - started - accounted)
+        self.log.write(stats.as_record(round_no, self.log.elapsed()))
+
+    def run(self) -> int:
+        """Train until the rounds or the time budget are used; returns the rounds done."""
+        progress, stats = Progress(), RoundStats()
+        round_no, round_started = 0, time.perf_counter()
+        while True:
+            if self.mode.should_sync(progress, stats):
+                round_no += 1
+                stop = self.mode.synchronise(self.model, stats, round_no,
+                                             self.wants_stop(round_no))
+                self.end_round(round_no, stats, stop, round_started)
+                if stop:
+                    return round_no
+                progress.k, progress.te = 0, time.time()
+                stats, round_started = RoundStats(), time.perf_counter()
+            else:
+                self.compute_batch(progress, stats)
+
+
+def run(args: argparse.Namespace, distributed: bool) -> int:
+    """Set up data, model, KVStore and records, then train. Returns the process exit code."""
+    ctx, device = pick_device(args.gpu, bool(args.cpu))
+    data = load_dataset(args.dataset, args.data_dir, seed=args.seed)
+    model, size = build_model(args, data, ctx)
+    mode = make_mode(args)
+    kv = None
+    if distributed:
+        with JoinWatchdog(args.connect_timeout):
+            kv = create_kvstore(mode.kv_type or "dist_sync")
+            mode.setup(model, kv)
+    else:
+        mode.setup(model, None)
+    rank, num_workers = mode.rank, mode.num_workers
+    shard = (partition(data.train_y, num_workers, rank, bool(args.split_by_class), args.seed)
+             if distributed else np.arange(len(data.train_y)))
+    batches = BatchIterator(data.train_x, data.train_y, shard, args.batch_size,
+                            seed=args.seed * 1000 + rank, size=size)
+    host = socket.gethostname()
+    folder = worker_dir(args.log_dir, args.network, mode_dir_name(args), device, rank, host)
+    meta = {
+        "mode": mode_dir_name(args).removesuffix("-niid"), "network": args.network,
+        "dataset": args.dataset, "split": "niid" if args.split_by_class else "iid",
+        "rank": rank, "num_workers": num_workers, "host": host, "device": device,
+        "slowdown": args.slowdown, "batch_size": args.batch_size, "lr": args.lr,
+        "local_lr": args.local_lr, "global_lr": args.global_lr, "shard_size": len(shard),
+        "pid": os.getpid(), "argv": sys.argv,
+    }
+    worker = Worker(args, mode, model, data, batches, size, RunLog(folder, meta))
+    worker.warm_up()
+    print(f"[worker {rank}/{num_workers}] {mode.name} {args.network} on {device}, shard "
+          f"{len(shard)} samples, slowdown {args.slowdown:g}, logs in {folder}", flush=True)
+    rounds = worker.run()
+    worker.log.close()
+    print(f"[worker {rank}] done after {rounds} rounds in {worker.log.elapsed():.1f}s",
+          flush=True)
+    return 0
