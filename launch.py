@@ -96,7 +96,13 @@ class Cluster:
                                  start_new_session=True)
         proc = Proc(name, popen, path, log_file, role)
         self.procs.append(proc)
+        self._write_pids()
         return proc
+
+    def _write_pids(self) -> None:
+        """``pids.json``: name -> pid of every process started, for inspection and tests."""
+        with open(os.path.join(self.proc_dir, "pids.json"), "w") as fh:
+            json.dump({p.name: p.popen.pid for p in self.procs}, fh)
 
     def stop(self, grace: float = 5.0) -> None:
         """Terminate every process group still alive, then kill what remains after ``grace``."""
@@ -216,8 +222,9 @@ def run_mode(opts: argparse.Namespace, mode: str, forwarded: list[str]) -> None:
     cluster = Cluster(os.path.join(opts.log_dir, "processes", opts.network, mode_dir_name))
     common = [*mode_flags(mode), "-n", opts.network, "-ld", opts.log_dir,
               "-s", str(opts.split_by_class), *forwarded]
-    print(f"== {mode_dir_name}: {'1 worker (standalone)' if mode == 'local' else f'{opts.workers} workers, slowdowns {opts.slowdowns}'}; "
-          f"process logs in {cluster.proc_dir}", flush=True)
+    who = ("1 worker (standalone)" if mode == "local"
+           else f"{opts.workers} workers, slowdowns {','.join(f'{s:g}' for s in opts.slowdowns)}")
+    print(f"== {mode_dir_name}: {who}; process logs in {cluster.proc_dir}", flush=True)
     try:
         if base_mode == "local":
             cluster.start("local", "local", [PYTHON, "main.py", *common], child_env(opts.threads))

@@ -123,6 +123,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def mode_dir_name(args: argparse.Namespace) -> str:
-    """Folder name of a run under <log_dir>/<network>/: esync, sync, async, dcasgd, local [-niid]."""
+    """Run folder under <log_dir>/<network>/: esync, sync, async, dcasgd or local [+ -niid]."""
     name = "dcasgd" if args.mode == "async" and args.dcasgd else args.mode
     return name + ("-niid" if args.split_by_class else "")

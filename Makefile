@@ -1,0 +1,38 @@
+# Quick start: `make run` (the default heterogeneous cluster on the bundled data) and `make test`.
+# Both create .venv from requirements.txt first when it is missing or out of date.
+
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+
+# The default cluster: two fast workers, one 4x and one 16x slower (emulated slowdown).
+WORKERS ?= 4
+SLOWDOWNS ?= 1,1,4,16
+NETWORK ?= lenet
+MAX_TIME ?= 45
+LOG_DIR ?= logs
+
+.PHONY: run test lint bench-state-server clean
+
+$(STAMP): requirements.txt
+	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info[:2] == (3, 11) else "Python 3.11 is required (set PYTHON=/path/to/python3.11)")'
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --disable-pip-version-check -q -r requirements.txt
+	touch $(STAMP)
+
+run: $(STAMP)
+	$(PY) launch.py --compare esync,sync,local -w $(WORKERS) --slowdowns $(SLOWDOWNS) \
+		-n $(NETWORK) --max-time $(MAX_TIME) --rounds 100000 -e 5 -ld $(LOG_DIR)
+
+test: $(STAMP)
+	$(PY) -m pytest -q
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check .
+
+bench-state-server: $(STAMP)
+	$(PY) bench/bench_state_server.py
+
+clean:
+	rm -rf $(VENV) .pytest_cache .ruff_cache
