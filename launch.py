@@ -171,17 +171,31 @@ def state_server_cmd(kind: str, port: int) -> list[str]:
 
 
 class Progress:
-    """Prints rank 0's evaluation records as they appear."""
+    """Prints rank 0's evaluation records as they appear (at most one line per ``every`` s)."""
 
-    def __init__(self, mode_dir: str, label: str) -> None:
+    def __init__(self, mode_dir: str, label: str, every: float = 2.0) -> None:
         self.mode_dir = mode_dir
         self.label = label
+        self.every = every
         self.offset = 0
         self.path: str | None = None
         self.last_acc: float | None = None
+        self.last_printed = -float("inf")
+        self.pending: dict | None = None
         self.rounds = 0
 
-    def poll(self) -> None:
+    def poll(self, final: bool = False) -> None:
+        """Read new records; print the newest evaluation when due (always when ``final``)."""
+        self._read()
+        due = final or time.monotonic() - self.last_printed >= self.every
+        if self.pending is not None and due:
+            rec, self.pending = self.pending, None
+            self.last_printed = time.monotonic()
+            print(f"[{self.label}] round {rec['round']:>5}  t={rec['time']:7.1f}s  "
+                  f"test acc {rec['test_acc']:.3f}  loss {rec.get('test_loss', 0):.4f}",
+                  flush=True)
+
+    def _read(self) -> None:
         if self.path is None:
             found = glob.glob(os.path.join(self.mode_dir, socket.gethostname(), "*-rank0",
                                            "rounds.jsonl"))
@@ -201,9 +215,7 @@ class Progress:
             self.rounds = rec.get("round", self.rounds)
             if "test_acc" in rec:
                 self.last_acc = rec["test_acc"]
-                print(f"[{self.label}] round {rec['round']:>5}  t={rec['time']:7.1f}s  "
-                      f"test acc {rec['test_acc']:.3f}  loss {rec.get('test_loss', 0):.4f}",
-                      flush=True)
+                self.pending = rec
 
 
 def mode_flags(mode: str) -> list[str]:
@@ -292,7 +304,7 @@ def supervise(opts: argparse.Namespace, cluster: Cluster, progress: Progress) ->
                                   "within 30 s")
         if opts.timeout and time.monotonic() - started > opts.timeout:
             raise LaunchError(f"the run took longer than --timeout {opts.timeout:g} s")
-    progress.poll()
+    progress.poll(final=True)
     acc = "n/a" if progress.last_acc is None else f"{progress.last_acc:.3f}"
     print(f"[{progress.label}] finished: {progress.rounds} rounds in "
           f"{time.monotonic() - started:.1f} s, last test acc {acc}", flush=True)

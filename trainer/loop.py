@@ -20,6 +20,7 @@ from trainer.records import RoundStats, RunLog, worker_dir
 from utils import BatchIterator, Dataset, load_dataset, partition, test_batches
 
 SMOOTHING = 0.5  # weight of the newest batch in the moving average of c
+BUSY_SMOOTHING = 0.1  # weight of the newest batch in the emulated slowdown's average
 
 
 def pick_device(gpu: int | None, force_cpu: bool) -> tuple[mx.Context, str]:
@@ -86,6 +87,7 @@ class Worker:
         self.size = size
         self.log = log
         self.loss_fn = gluon.loss.SoftmaxCrossEntropyLoss()
+        self.busy_avg = 0.0
 
     def warm_up(self) -> None:
         """One forward/backward pass without an update, so graph building is not timed as c."""
@@ -100,6 +102,17 @@ class Worker:
             loss = self.loss_fn(self.model.net(xs), ys)
         loss.backward()
 
+    def _typical_busy(self, busy: float) -> float:
+        """Moving average of the measured compute time of a batch.
+
+        The emulated slowdown waits (S - 1) x this average rather than x the last batch alone:
+        on a shared 2-core host one batch can take 5x longer than the next, and multiplying
+        that noise by S would emulate an erratic device instead of a slower one.
+        """
+        self.busy_avg = busy if self.busy_avg == 0.0 else (
+            BUSY_SMOOTHING * busy + (1.0 - BUSY_SMOOTHING) * self.busy_avg)
+        return self.busy_avg
+
     def compute_batch(self, progress: Progress, stats: RoundStats) -> None:
         """One local iteration, then the emulated slowdown; updates k, c and te."""
         started = time.perf_counter()
@@ -109,7 +122,7 @@ class Worker:
         mx.nd.waitall()
         busy = time.perf_counter() - started
         if self.args.slowdown > 1.0:
-            time.sleep((self.args.slowdown - 1.0) * busy)
+            time.sleep((self.args.slowdown - 1.0) * self._typical_busy(busy))
         seconds = time.perf_counter() - started
         progress.c = seconds if progress.c == 0.0 else (
             SMOOTHING * seconds + (1.0 - SMOOTHING) * progress.c)

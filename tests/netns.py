@@ -1,0 +1,265 @@
+"""Emulated hosts for multi-host tests: Linux network namespaces joined by a bridge.
+
+Every host is a network namespace with ``lo`` up and one veth interface (``NIC``) whose peer is
+enslaved to a bridge living in a separate "switch" namespace, so nothing is added to the root
+namespace and deleting the namespaces removes every interface. Processes run through
+``ip netns exec <ns> unshare --uts sh -c 'hostname <name>; exec ...'`` so each host also has its
+own hostname (a fresh UTS namespace: the machine's hostname is untouched).
+
+Needs root and the ``ip`` and ``unshare`` binaries. Names carry the test process's pid, so
+parallel runs do not clash, and ``remove_stale()`` removes what a killed earlier run left.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import IO
+
+PREFIX = "esmh"  # namespace names: esmh<pid>-<role>
+NIC = "veth0"  # name of the cluster interface inside every host namespace
+SUBNET = "10.77.0"  # /24 inside the namespaces only; never routed anywhere
+MARKER_VAR = "ESYNC_NETNS_TEST"  # set in every child, to find leftovers by environment
+
+
+def available() -> tuple[bool, str]:
+    """Whether namespaces can be built here, and why not."""
+    if os.geteuid() != 0:
+        return False, "needs root to create network namespaces (ip netns add)"
+    for tool in ("ip", "unshare"):
+        if shutil.which(tool) is None:
+            return False, f"needs the {tool!r} binary (iproute2 / util-linux)"
+    probe = f"{PREFIX}{os.getpid()}-probe"
+    made = _ip("netns", "add", probe, check=False)
+    _ip("netns", "del", probe, check=False)
+    if made.returncode != 0:
+        return False, f"cannot create a network namespace: {made.stderr.strip()}"
+    return True, ""
+
+
+def _ip(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(["ip", *args], capture_output=True, text=True, check=check,
+                          timeout=30)
+
+
+def list_netns() -> list[str]:
+    """Names from ``ip netns list``."""
+    out = _ip("netns", "list").stdout
+    return [line.split()[0] for line in out.splitlines() if line.strip()]
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def remove_stale() -> list[str]:
+    """Delete namespaces of this module whose creating process is gone; returns their names."""
+    removed = []
+    for name in list_netns():
+        match = re.fullmatch(rf"{PREFIX}(\d+)-\w+", name)
+        if match and not _pid_alive(int(match.group(1))):
+            _ip("netns", "del", name, check=False)
+            removed.append(name)
+    return removed
+
+
+@dataclass
+class Host:
+    """One emulated machine."""
+
+    name: str  # hostname inside its UTS namespace, e.g. "hostA"
+    netns: str
+    address: str
+
+    def wrap(self, argv: Sequence[str]) -> list[str]:
+        """``argv`` run inside this host's network namespace, under this host's hostname."""
+        return ["ip", "netns", "exec", self.netns, "unshare", "--uts", "sh", "-c",
+                'hostname "$0" && exec "$@"', self.name, *argv]
+
+
+@dataclass
+class Network:
+    """Hosts on one bridged /24; use as a context manager (teardown on exit, always).
+
+    ``nic`` names the interface inside every host. With ``resolve_names`` every host can
+    resolve the others' names (like services on a docker compose network): ``ip netns exec``
+    bind-mounts ``/etc/netns/<ns>/hosts`` over ``/etc/hosts``, so such a file is written per
+    namespace and removed again in ``down()``.
+    """
+
+    host_names: Sequence[str]
+    nic: str = NIC
+    resolve_names: bool = False
+    tag: str = field(default_factory=lambda: f"{PREFIX}{os.getpid()}")
+    hosts: dict[str, Host] = field(default_factory=dict)
+    created: list[str] = field(default_factory=list)
+    etc_dirs: list[str] = field(default_factory=list)
+    made_etc_netns: bool = False
+
+    @property
+    def switch(self) -> str:
+        return f"{self.tag}-sw"
+
+    def _add_netns(self, name: str) -> None:
+        _ip("netns", "add", name)
+        self.created.append(name)
+        _ip("-n", name, "link", "set", "lo", "up")
+
+    def up(self) -> Network:
+        """Create the switch namespace with its bridge, then one namespace per host."""
+        self._add_netns(self.switch)
+        _ip("-n", self.switch, "link", "add", "br0", "type", "bridge")
+        _ip("-n", self.switch, "link", "set", "br0", "up")
+        for i, name in enumerate(self.host_names, start=1):
+            netns = f"{self.tag}-{name}"
+            self._add_netns(netns)
+            port = f"p{i}"
+            _ip("link", "add", "name", self.nic, "netns", netns, "type", "veth",
+                "peer", "name", port, "netns", self.switch)
+            _ip("-n", self.switch, "link", "set", port, "master", "br0", "up")
+            address = f"{SUBNET}.{i}"
+            _ip("-n", netns, "addr", "add", f"{address}/24", "dev", self.nic)
+            _ip("-n", netns, "link", "set", self.nic, "up")
+            self.hosts[name] = Host(name, netns, address)
+        if self.resolve_names:
+            self._write_hosts_files()
+        return self
+
+    def _write_hosts_files(self) -> None:
+        lines = ["127.0.0.1 localhost", "::1 localhost"]
+        lines += [f"{h.address} {h.name}" for h in self.hosts.values()]
+        try:
+            os.mkdir("/etc/netns")
+            self.made_etc_netns = True
+        except FileExistsError:
+            pass
+        for host in self.hosts.values():
+            folder = os.path.join("/etc/netns", host.netns)
+            os.makedirs(folder)
+            self.etc_dirs.append(folder)
+            with open(os.path.join(folder, "hosts"), "w") as fh:
+                fh.write("\n".join(lines) + "\n")
+
+    def down(self) -> None:
+        """Delete every namespace created (their veths and the bridge go with them)."""
+        for name in reversed(self.created):
+            _ip("netns", "del", name, check=False)
+        self.created.clear()
+        for folder in self.etc_dirs:
+            shutil.rmtree(folder, ignore_errors=True)
+        if self.made_etc_netns:
+            try:
+                os.rmdir("/etc/netns")  # only when empty (a parallel run may still use it)
+            except OSError:
+                pass
+            self.made_etc_netns = False
+        self.etc_dirs.clear()
+
+    def __enter__(self) -> Network:
+        try:
+            return self.up()
+        except BaseException:
+            self.down()
+            raise
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.down()
+
+
+@dataclass
+class Proc:
+    """A child process in its own session, with its output in a file."""
+
+    name: str
+    popen: subprocess.Popen[bytes]
+    log_path: str
+    log_file: IO[bytes]
+
+    def tail(self, lines: int = 25) -> str:
+        """The last lines of this process's output."""
+        if not self.log_file.closed:
+            self.log_file.flush()
+        try:
+            with open(self.log_path, errors="replace") as fh:
+                return "".join(fh.readlines()[-lines:])
+        except OSError:
+            return ""
+
+
+@dataclass
+class Processes:
+    """Children of one test; ``stop_all()`` ends their process groups (TERM, then KILL)."""
+
+    log_dir: str
+    marker: str = field(default_factory=lambda: f"{PREFIX}{os.getpid()}-{time.time_ns()}")
+    procs: list[Proc] = field(default_factory=list)
+
+    def start(self, name: str, argv: Sequence[str], env: dict[str, str], cwd: str) -> Proc:
+        os.makedirs(self.log_dir, exist_ok=True)
+        path = os.path.join(self.log_dir, f"{name}.log")
+        log_file = open(path, "wb")
+        popen = subprocess.Popen(list(argv), cwd=cwd, env={**env, MARKER_VAR: self.marker},
+                                 stdout=log_file, stderr=subprocess.STDOUT,
+                                 stdin=subprocess.DEVNULL, start_new_session=True)
+        proc = Proc(name, popen, path, log_file)
+        self.procs.append(proc)
+        return proc
+
+    def stop_all(self, grace: float = 5.0) -> None:
+        for p in self.procs:
+            if p.popen.poll() is None:
+                _killpg(p.popen.pid, signal.SIGTERM)
+        deadline = time.monotonic() + grace
+        for p in self.procs:
+            try:
+                p.popen.wait(max(0.0, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                pass
+        for p in self.procs:
+            _killpg(p.popen.pid, signal.SIGKILL)  # also stray children of finished leaders
+            try:
+                p.popen.wait(5.0)
+            except subprocess.TimeoutExpired:
+                print(f"warning: {p.name} (pid {p.popen.pid}) did not die", file=sys.stderr)
+            p.log_file.close()
+        for pid in self.leftovers():
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+
+    def leftovers(self) -> list[int]:
+        """Pids of live processes whose environment carries this run's marker."""
+        needle = f"{MARKER_VAR}={self.marker}".encode()
+        found = []
+        for entry in os.listdir("/proc"):
+            if not entry.isdigit():
+                continue
+            try:
+                with open(f"/proc/{entry}/environ", "rb") as fh:
+                    env = fh.read().split(b"\0")
+            except OSError:
+                continue
+            if needle in env:
+                found.append(int(entry))
+        return found
+
+
+def _killpg(pgid: int, sig: int) -> None:
+    try:
+        os.killpg(pgid, sig)
+    except (ProcessLookupError, PermissionError):
+        pass
