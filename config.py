@@ -12,7 +12,7 @@ import os
 MODE = "local"  # esync | sync | async | local
 NETWORK = "lenet"  # see models.MODEL_NAMES
 DATASET = "digits"  # digits | fashion-mnist | cifar10
-BATCH_SIZE = 32
+BATCH_SIZE = 64
 USE_DCASGD = 0  # 1: async mode runs MXNet's DC-ASGD optimizer on the server
 SPLIT_BY_CLASS = 0  # 1: non-iid split, contiguous shards of the label-sorted training set
 SEED = 42

@@ -163,9 +163,8 @@ def wait_http(url: str, proc: Proc, timeout: float) -> None:
 def state_server_cmd(kind: str, port: int) -> list[str]:
     """Command that serves the State Server on 127.0.0.1:port."""
     if kind == "gunicorn":
-        return [PYTHON, "-m", "gunicorn", "--chdir", os.path.join(ROOT, "StateServer"),
-                "--bind", f"127.0.0.1:{port}", "--workers", "1", "--threads", "8",
-                "--worker-class", "gthread", "stateserver.wsgi:application"]
+        return [PYTHON, "-m", "gunicorn", "-c", os.path.join(ROOT, "StateServer", "gunicorn.conf.py"),
+                "--bind", f"127.0.0.1:{port}"]
     return [PYTHON, os.path.join(ROOT, "StateServer", "manage.py"), "runserver",
             f"127.0.0.1:{port}", "--noreload"]
 

@@ -19,7 +19,7 @@ def test_local_lenet_reaches_90_percent(log_dir) -> None:
     records = read_rounds(folders[0])
     assert [r["round"] for r in records] == list(range(1, 401))
     assert [round(r["test_acc"], 3) for r in records if "test_acc" in r] == accs
-    assert all(r["samples"] == 32 and r["local_iterations"] == 1 for r in records)
+    assert all(r["samples"] == 64 and r["local_iterations"] == 1 for r in records)
 
 
 def test_max_time_stops_the_run(log_dir) -> None:

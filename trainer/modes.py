@@ -158,7 +158,7 @@ class _SummingMode(Mode):
 
 
 class SyncMode(_SummingMode):
-    """SSGD: every iteration all workers push gradients and apply the same averaged step."""
+    """SSGD: every iteration all workers push gradients and apply the same summed step."""
 
     name = "sync"
 
@@ -166,9 +166,10 @@ class SyncMode(_SummingMode):
         """Gradients wait for the synchronisation; the replica is not touched."""
 
     def synchronise(self, model: Model, stats: RoundStats, round_no: int, stop: bool) -> bool:
+        # As gluon.Trainer.step(batch_size) with dist_sync: the step is lr times the SUM over
+        # workers of their mean gradients (the linear scaling rule for a p-times larger batch).
         grad_sums, stop_all = self._exchange(model, model.grads, stats, stop)
-        scale = 1.0 / (self.batch_size * self.num_workers)
-        sgd_step(model.params, grad_sums, self.lr, scale)
+        sgd_step(model.params, grad_sums, self.lr, 1.0 / self.batch_size)
         return stop_all
 
 

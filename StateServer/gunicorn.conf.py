@@ -1,0 +1,37 @@
+"""gunicorn settings for the State Server.
+
+    .venv/bin/gunicorn -c StateServer/gunicorn.conf.py            # 0.0.0.0:10010
+    .venv/bin/gunicorn -c StateServer/gunicorn.conf.py -b 127.0.0.1:10010
+
+Exactly one worker process: the state lives in that process's memory. Requests are served
+by ``ESYNC_THREADS`` gthread threads (default 8); keep-alive connections wait in the
+worker's poller, not in a thread, so 8 threads serve many more clients. gunicorn sets
+TCP_NODELAY on its listening socket and Linux copies it to accepted sockets.
+"""
+
+import os
+
+_HERE = os.path.dirname(os.path.abspath(__file__))
+
+wsgi_app = "stateserver.wsgi:application"
+chdir = _HERE
+pythonpath = _HERE
+bind = [os.environ.get("ESYNC_BIND", "0.0.0.0:10010")]
+workers = 1  # never more: each worker process would have its own state
+worker_class = "gthread"
+threads = int(os.environ.get("ESYNC_THREADS", "8"))
+worker_connections = 1000
+backlog = 256
+keepalive = 75  # trainers may pause (evaluation) between queries; keep their connection
+timeout = 30
+graceful_timeout = 5
+max_requests = 0  # never recycle the worker: that would lose the state
+preload_app = False  # build the app (and its dispatcher thread) in the worker
+limit_request_line = 8190
+limit_request_fields = 50
+limit_request_field_size = 8190
+control_socket_disable = True  # no control socket file is created
+accesslog = "-" if os.environ.get("ESYNC_ACCESS_LOG") == "1" else None
+errorlog = "-"
+loglevel = "warning"
+proc_name = "esync-state-server"

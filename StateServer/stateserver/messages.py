@@ -1,0 +1,289 @@
+"""Wire messages of the State Server: typed dataclasses plus strict parsing.
+
+Every message is a JSON object with a ``msg_type``:
+
+* ``reset`` (alias ``init``) with ``num_workers`` and ``epsilon``: (re)initialise the server;
+* ``reset`` with ``rank``, ``t``, ``te``: worker ``rank`` starts round ``t`` at time ``te``;
+* ``report`` with ``rank``, ``k``, ``c``, ``te``: progress of a worker, no answer wanted;
+* ``query`` with the same fields as ``report``: progress plus "what do I do next?";
+* ``response`` (server to worker only): ``rank``, ``round``, ``action`` (compute | sync).
+
+Parsing never trusts its input: wrong types, NaN/inf, negative or absurd numbers, unknown or
+missing fields all raise :class:`MessageError` with a message naming the offending field.
+This module does not import Django.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass
+from typing import Any
+
+MAX_BODY_BYTES = 64 * 1024  # larger request bodies are refused (HTTP 413)
+MAX_NUM_WORKERS = 10_000
+MAX_INT = 2**53  # JSON-safe integer bound for rounds and iteration counters
+MAX_SECONDS = 1e6  # capability c and epsilon: more than 11 days per batch is absurd
+MAX_UNIX_TIME = 1e11  # te: year ~5000
+ACTIONS = ("compute", "sync")
+
+
+class MessageError(ValueError):
+    """A message is malformed; the text says precisely what is wrong."""
+
+
+@dataclass(frozen=True, slots=True)
+class InitMsg:
+    """(Re)initialise the server for a run of ``num_workers`` workers."""
+
+    num_workers: int
+    epsilon: float
+    msg_type: str = "reset"
+
+
+@dataclass(frozen=True, slots=True)
+class ResetMsg:
+    """Worker ``rank`` starts round ``t``; ``te`` is the Unix time it started it."""
+
+    rank: int
+    t: int
+    te: float
+    msg_type: str = "reset"
+
+
+@dataclass(frozen=True, slots=True)
+class ReportMsg:
+    """Progress of worker ``rank``: ``k`` local iterations done, ``c`` s/batch, ``te`` end."""
+
+    rank: int
+    k: int
+    c: float
+    te: float
+    msg_type: str = "report"
+
+
+@dataclass(frozen=True, slots=True)
+class QueryMsg:
+    """Same progress fields as :class:`ReportMsg`; the worker asks for its next action."""
+
+    rank: int
+    k: int
+    c: float
+    te: float
+    msg_type: str = "query"
+
+
+@dataclass(frozen=True, slots=True)
+class ResponseMsg:
+    """The server's answer to a query."""
+
+    rank: int
+    round: int
+    action: str
+    msg_type: str = "response"
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready dict, ``msg_type`` first."""
+        return {"msg_type": self.msg_type, "rank": self.rank, "round": self.round,
+                "action": self.action}
+
+
+@dataclass(frozen=True, slots=True)
+class AckMsg:
+    """The server's answer to init, reset and report messages."""
+
+    of: str
+    round: int
+    rank: int | None = None
+    msg_type: str = "ack"
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready dict, ``msg_type`` first; ``rank`` only when there is one."""
+        out: dict[str, Any] = {"msg_type": self.msg_type, "of": self.of, "round": self.round}
+        if self.rank is not None:
+            out["rank"] = self.rank
+        return out
+
+
+WorkerMsg = InitMsg | ResetMsg | ReportMsg | QueryMsg
+
+
+# --- field checks ---------------------------------------------------------------------
+
+_INT_RE = re.compile(r"[+-]?\d{1,20}")
+
+
+def _as_int(name: str, value: object, lo: int, hi: int, lenient: bool) -> int:
+    """Check that ``value`` is an integer in [lo, hi]; ``lenient`` also takes digit strings."""
+    if lenient and isinstance(value, str) and _INT_RE.fullmatch(value.strip()):
+        value = int(value.strip())
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise MessageError(f"field '{name}' must be an integer, got {_show(value)}")
+    if not lo <= value <= hi:
+        raise MessageError(f"field '{name}' must be in [{lo}, {hi}], got {value}")
+    return value
+
+
+def _as_float(name: str, value: object, hi: float, lenient: bool) -> float:
+    """Check that ``value`` is a finite number in [0, hi]; ``lenient`` also takes strings."""
+    if lenient and isinstance(value, str):
+        try:
+            value = float(value.strip())
+        except ValueError:
+            raise MessageError(f"field '{name}' must be a number, got {_show(value)}") from None
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise MessageError(f"field '{name}' must be a number, got {_show(value)}")
+    value = float(value)
+    if not math.isfinite(value):
+        raise MessageError(f"field '{name}' must be finite, got {value}")
+    if not 0.0 <= value <= hi:
+        raise MessageError(f"field '{name}' must be in [0, {hi:g}], got {value:g}")
+    return value
+
+
+def _show(value: object) -> str:
+    """Short, safe rendering of a bad value for an error message."""
+    text = json.dumps(value) if isinstance(value, str | int | float | bool | None) else None
+    if text is None:
+        text = type(value).__name__
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
+_FIELDS: dict[str, tuple[str, ...]] = {
+    "init": ("num_workers", "epsilon"),
+    "reset": ("rank", "t", "te"),
+    "report": ("rank", "k", "c", "te"),
+    "query": ("rank", "k", "c", "te"),
+}
+
+
+def _check_fields(kind: str, obj: Mapping[str, object], ignore: tuple[str, ...] = ()) -> None:
+    """Every field of ``kind`` present, nothing else (besides ``ignore``)."""
+    wanted = _FIELDS[kind]
+    missing = [f for f in wanted if f not in obj]
+    if missing:
+        raise MessageError(f"{kind} message: missing field(s) {', '.join(map(repr, missing))}")
+    extra = sorted(set(obj) - set(wanted) - set(ignore))
+    if extra:
+        raise MessageError(f"{kind} message: unexpected field(s) {', '.join(map(repr, extra))}")
+
+
+def _build(kind: str, obj: Mapping[str, object], lenient: bool) -> WorkerMsg:
+    """Validate the fields of an already field-checked message and build its dataclass."""
+    get = obj.__getitem__
+    if kind == "init":
+        return InitMsg(
+            num_workers=_as_int("num_workers", get("num_workers"), 1, MAX_NUM_WORKERS, lenient),
+            epsilon=_as_float("epsilon", get("epsilon"), MAX_SECONDS, lenient),
+        )
+    rank = _as_int("rank", get("rank"), 0, MAX_NUM_WORKERS - 1, lenient)
+    te = _as_float("te", get("te"), MAX_UNIX_TIME, lenient)
+    if kind == "reset":
+        return ResetMsg(rank=rank, t=_as_int("t", get("t"), 0, MAX_INT, lenient), te=te)
+    k = _as_int("k", get("k"), 0, MAX_INT, lenient)
+    c = _as_float("c", get("c"), MAX_SECONDS, lenient)
+    cls = ReportMsg if kind == "report" else QueryMsg
+    return cls(rank=rank, k=k, c=c, te=te)
+
+
+# --- public parsers -------------------------------------------------------------------
+
+
+def parse_message(obj: object) -> WorkerMsg:
+    """Parse a decoded JSON object sent by a worker (the typed ``/msg/`` endpoint)."""
+    if not isinstance(obj, dict):
+        raise MessageError(f"message must be a JSON object, got {_json_type(obj)}")
+    msg_type = obj.get("msg_type")
+    if msg_type is None:
+        raise MessageError("missing field 'msg_type'")
+    if msg_type == "response":
+        raise MessageError("msg_type 'response' is sent by the server, not to it")
+    if msg_type not in ("reset", "init", "report", "query"):
+        raise MessageError(
+            f"unknown msg_type {_show(msg_type)}; expected reset, init, report or query")
+    kind = msg_type
+    if msg_type == "reset" and ("num_workers" in obj or "epsilon" in obj):
+        kind = "init"
+    if msg_type == "init":
+        kind = "init"
+    _check_fields(kind, obj, ignore=("msg_type",))
+    return _build(kind, obj, lenient=False)
+
+
+def parse_fields(kind: str, fields: Mapping[str, object]) -> WorkerMsg:
+    """Parse the fields of an upstream route (form or JSON body; numeric strings allowed).
+
+    ``kind`` is ``init``, ``reset`` or ``query``; upstream ``reset`` names the rank ``r``.
+    """
+    if kind not in _FIELDS:
+        raise MessageError(f"unknown message kind {kind!r}")
+    if kind != "init":
+        if "rank" in fields:
+            raise MessageError(f"{kind} message: the upstream route names the rank 'r'")
+        fields = {("rank" if key == "r" else key): val for key, val in fields.items()}
+    _check_fields(kind, fields)
+    return _build(kind, fields, lenient=True)
+
+
+def parse_response(obj: object) -> ResponseMsg:
+    """Parse the server's answer to a query (used by the client)."""
+    if not isinstance(obj, dict) or obj.get("msg_type") != "response":
+        raise MessageError(f"expected a response message, got {_show_obj(obj)}")
+    action = obj.get("action")
+    if action not in ACTIONS:
+        raise MessageError(f"response: action must be compute or sync, got {_show(action)}")
+    rank = _as_int("rank", obj.get("rank"), 0, MAX_NUM_WORKERS - 1, False)
+    rnd = _as_int("round", obj.get("round"), 0, MAX_INT, False)
+    return ResponseMsg(rank=rank, round=rnd, action=action)
+
+
+def _reject_constant(name: str) -> float:
+    raise MessageError(f"body is not valid JSON: {name} is not a number in JSON")
+
+
+def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, val in pairs:
+        if key in out:
+            raise MessageError(f"body is not valid JSON: duplicate key {key!r}")
+        out[key] = val
+    return out
+
+
+def decode_json(body: bytes) -> object:
+    """Decode a request body as strict JSON (UTF-8, no NaN/Infinity, no duplicate keys)."""
+    if len(body) > MAX_BODY_BYTES:
+        raise MessageError(f"body of {len(body)} bytes exceeds {MAX_BODY_BYTES} bytes")
+    if not body.strip():
+        raise MessageError("body is empty; expected a JSON object")
+    try:
+        text = body.decode("utf-8")
+        return json.loads(text, parse_constant=_reject_constant,
+                          object_pairs_hook=_no_duplicates)
+    except UnicodeDecodeError as exc:
+        raise MessageError(f"body is not UTF-8: {exc.reason} at byte {exc.start}") from None
+    except RecursionError:
+        raise MessageError("body is not valid JSON: nested too deeply") from None
+    except json.JSONDecodeError as exc:
+        raise MessageError(f"body is not valid JSON: {exc.msg} at char {exc.pos}") from None
+    except ValueError as exc:  # e.g. an integer literal with too many digits
+        if isinstance(exc, MessageError):
+            raise
+        raise MessageError(f"body is not valid JSON: {exc}") from None
+
+
+def _json_type(obj: object) -> str:
+    names = {dict: "object", list: "array", str: "string", bool: "boolean", type(None): "null"}
+    return names.get(type(obj), "number")
+
+
+def _show_obj(obj: object) -> str:
+    return _show(obj) if not isinstance(obj, dict | list) else _json_type(obj)
+
+
+def message_to_dict(msg: WorkerMsg) -> dict[str, Any]:
+    """Wire form of a worker message (what the client sends to ``/msg/``)."""
+    out = asdict(msg)
+    return {"msg_type": out.pop("msg_type"), **out}

@@ -1,0 +1,30 @@
+"""The process-wide dispatcher, started lazily in the serving process.
+
+Lazy start matters: gunicorn forks workers and runserver's autoreloader runs the app in a
+child, and threads do not survive a fork. A changed pid therefore means "start afresh".
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+
+from .dispatcher import Dispatcher
+from .router import Router
+
+_lock = threading.Lock()
+_dispatcher: Dispatcher | None = None
+_pid: int | None = None
+
+
+def get_dispatcher() -> Dispatcher:
+    """The running dispatcher of this process (created and started on first use)."""
+    global _dispatcher, _pid
+    disp = _dispatcher
+    if disp is not None and _pid == os.getpid():
+        return disp
+    with _lock:
+        if _dispatcher is None or _pid != os.getpid():
+            _dispatcher = Dispatcher(Router()).start()
+            _pid = os.getpid()
+        return _dispatcher

@@ -1,0 +1,86 @@
+"""Django settings of the State Server: no database, minimal middleware, env-driven.
+
+Environment variables (all optional):
+
+* ``ESYNC_DEBUG=1``: Django debug mode (never on a shared network).
+* ``ESYNC_SECRET_KEY``: secret key; a random one is generated at start when unset
+  (nothing signed by it outlives the process).
+* ``ESYNC_ALLOWED_HOSTS``: comma-separated Host header values; default ``*`` (any),
+  because workers reach the server by whatever IP the cluster uses.
+* ``ESYNC_TOKEN``: shared token required on every POST (``X-ESync-Token: <token>`` or
+  ``Authorization: Bearer <token>``).
+* ``ESYNC_HTTPS=1``: served behind a TLS-terminating proxy that sets
+  ``X-Forwarded-Proto: https``: turns on HSTS, the HTTPS redirect and secure cookies.
+* ``ESYNC_ACCESS_LOG=1``: log every request (runserver); default logs only 4xx/5xx.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+
+from stateserver.messages import MAX_BODY_BYTES
+
+
+def _flag(name: str) -> bool:
+    return os.environ.get(name, "").strip().lower() in {"1", "true", "yes", "on"}
+
+
+DEBUG = _flag("ESYNC_DEBUG")
+SECRET_KEY = os.environ.get("ESYNC_SECRET_KEY") or secrets.token_urlsafe(64)
+ALLOWED_HOSTS = [h.strip() for h in os.environ.get("ESYNC_ALLOWED_HOSTS", "*").split(",")
+                 if h.strip()]
+ESYNC_TOKEN = os.environ.get("ESYNC_TOKEN") or None
+
+INSTALLED_APPS = ["stateserver"]  # its management command overrides runserver
+MIDDLEWARE = [
+    "django.middleware.security.SecurityMiddleware",
+    "django.middleware.csrf.CsrfViewMiddleware",
+    "django.middleware.clickjacking.XFrameOptionsMiddleware",
+]
+ROOT_URLCONF = "stateserver.urls"
+WSGI_APPLICATION = "stateserver.wsgi.application"
+DATABASES: dict[str, dict[str, str]] = {}  # in-memory state only
+TEMPLATES: list[dict[str, object]] = []
+USE_I18N = False
+USE_TZ = True
+TIME_ZONE = "UTC"
+DEFAULT_AUTO_FIELD = "django.db.models.AutoField"
+
+# Request limits: bodies above MAX_BODY_BYTES are refused, uploads never touch the disk.
+DATA_UPLOAD_MAX_MEMORY_SIZE = MAX_BODY_BYTES
+DATA_UPLOAD_MAX_NUMBER_FIELDS = 100
+DATA_UPLOAD_MAX_NUMBER_FILES = 1
+FILE_UPLOAD_MAX_MEMORY_SIZE = MAX_BODY_BYTES
+FILE_UPLOAD_HANDLERS = ["django.core.files.uploadhandler.MemoryFileUploadHandler"]
+
+# Security headers and cookies (see docs/state-server.md, "check --deploy").
+CSRF_FAILURE_VIEW = "stateserver.views.csrf_failure"
+CSRF_COOKIE_SECURE = True  # no view sets a CSRF cookie; if one ever does, HTTPS only
+SESSION_COOKIE_SECURE = True
+X_FRAME_OPTIONS = "DENY"
+SECURE_CONTENT_TYPE_NOSNIFF = True
+SECURE_REFERRER_POLICY = "same-origin"
+if _flag("ESYNC_HTTPS"):
+    SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
+    SECURE_SSL_REDIRECT = True
+    SECURE_HSTS_SECONDS = 31_536_000
+    SECURE_HSTS_INCLUDE_SUBDOMAINS = True
+    SECURE_HSTS_PRELOAD = True
+else:
+    # Plain HTTP on a private cluster network: HSTS and the HTTPS redirect cannot apply.
+    SILENCED_SYSTEM_CHECKS = ["security.W004", "security.W008"]
+
+LOGGING = {
+    "version": 1,
+    "disable_existing_loggers": False,
+    "formatters": {"plain": {"format": "[{asctime}] {levelname} {name}: {message}",
+                             "style": "{"}},
+    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
+    "loggers": {
+        "django.server": {"handlers": ["console"], "propagate": False,
+                          "level": "INFO" if _flag("ESYNC_ACCESS_LOG") else "WARNING"},
+        "django.request": {"handlers": ["console"], "level": "ERROR", "propagate": False},
+        "stateserver": {"handlers": ["console"], "level": "INFO", "propagate": False},
+    },
+}

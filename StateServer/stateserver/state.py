@@ -1,0 +1,60 @@
+"""The state database: the paper's table of worker records, in memory.
+
+Only the dispatcher thread touches it (see :mod:`stateserver.dispatcher`), so it has no locks.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+INITIAL_ROUND = 0  # any reset with t >= 1 starts a new round (see docs/state-server.md)
+
+
+@dataclass(slots=True)
+class WorkerRecord:
+    """What the server knows about one worker."""
+
+    rank: int
+    t: int  # the round the worker is in
+    k: int = 0  # local iterations done in this round
+    c: float = 0.0  # capability: seconds per batch; 0.0 means not measured yet
+    te: float = 0.0  # Unix time the worker last finished an iteration (or started the round)
+    ready: bool = False  # told to synchronise in this round
+    last_seen: float = 0.0  # server time of the last message from this worker
+
+    @property
+    def capability_known(self) -> bool:
+        """True once the worker has reported a measured time per batch."""
+        return self.c > 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready view of the record."""
+        return {"rank": self.rank, "round": self.t, "k": self.k, "c": self.c, "te": self.te,
+                "ready": self.ready, "last_seen": self.last_seen}
+
+
+@dataclass(slots=True)
+class StateDB:
+    """All state of one run: parameters, the current round and the records table."""
+
+    num_workers: int = 0
+    epsilon: float = 0.0
+    round: int = INITIAL_ROUND
+    initialized: bool = False
+    records: dict[int, WorkerRecord] = field(default_factory=dict)
+
+    def get_or_create(self, rank: int) -> WorkerRecord:
+        """The record of ``rank``; a new worker is placed in the current round."""
+        rec = self.records.get(rank)
+        if rec is None:
+            rec = WorkerRecord(rank=rank, t=self.round)
+            self.records[rank] = rec
+        return rec
+
+    def start_round(self, t: int) -> None:
+        """Enter round ``t``: every worker's k and ready flag are cleared."""
+        self.round = t
+        for rec in self.records.values():
+            rec.k = 0
+            rec.ready = False

@@ -1,0 +1,20 @@
+"""Routes: the typed endpoint, the upstream ESync routes, and the status page."""
+
+from django.urls import re_path
+
+from . import views
+
+urlpatterns = [
+    re_path(r"^msg/?$", views.msg_view, name="msg"),
+    re_path(r"^init/?$", views.init_view, name="init"),
+    re_path(r"^apply/?$", views.apply_view, name="apply"),
+    re_path(r"^reset/?$", views.reset_view, name="reset"),
+    re_path(r"^$", views.index_view, name="index"),
+    re_path(r"^status\.json$", views.status_json_view, name="status-json"),
+    re_path(r"^status/?$", views.status_view, name="status"),
+]
+
+handler400 = "stateserver.views.bad_request"
+handler403 = "stateserver.views.permission_denied"
+handler404 = "stateserver.views.not_found"
+handler500 = "stateserver.views.server_error"

@@ -1,0 +1,359 @@
+"""Benchmark of the State Server: latency and throughput of Alg. 2 queries over HTTP.
+
+Starts a real server on a free port of 127.0.0.1 (runserver, then gunicorn; optionally
+Django's plain runserver for comparison), and for 1, 8, 32, 64 concurrent clients runs a
+closed loop per client for a fixed time: each client is one worker rank on one raw
+keep-alive socket (pre-formatted HTTP/1.1 request, minimal response parsing, so the
+client's Python costs little of the 2 cores); clients are spread over a few processes.
+A client sends ``query`` messages with k = 1, 2, ...; when the answer is ``sync`` it sends a
+``reset`` into the next round (as a trainer does after synchronising), so the scheduler
+runs through whole rounds. Every request counts; its latency is send-to-last-byte.
+
+Then one client with the real ``trainer.state_client.StateClient`` and one with a
+``requests.Session`` measure the trainer's hot path. Prints a markdown table; every
+server it starts is stopped (process group) before it exits.
+
+    .venv/bin/python bench/bench_state_server.py [--duration 4] [--servers runserver,gunicorn]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import multiprocessing as mp
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+PYTHON = sys.executable
+SERVER_DIR = ROOT / "StateServer"
+
+
+# --- servers --------------------------------------------------------------------------
+
+
+def free_port() -> int:
+    """A TCP port that was free a moment ago."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def server_command(kind: str, port: int, threads: int) -> tuple[list[str], dict[str, str]]:
+    """Command line and extra environment of a server kind."""
+    env = {"ESYNC_PLAIN_RUNSERVER": "1"} if kind == "plain-runserver" else {}
+    if kind in ("runserver", "plain-runserver"):
+        return [PYTHON, str(SERVER_DIR / "manage.py"), "runserver", "--noreload",
+                "--skip-checks", f"127.0.0.1:{port}"], env
+    if kind == "gunicorn":
+        env["ESYNC_THREADS"] = str(threads)
+        return [PYTHON, "-m", "gunicorn", "-c", str(SERVER_DIR / "gunicorn.conf.py"),
+                "-b", f"127.0.0.1:{port}"], env
+    raise ValueError(f"unknown server kind {kind!r}")
+
+
+def start_server(kind: str, threads: int) -> tuple[subprocess.Popen, int]:
+    """Start a server in its own process group; wait until it answers."""
+    port = free_port()
+    cmd, extra = server_command(kind, port, threads)
+    env = {**os.environ, **extra}
+    env.pop("ESYNC_TOKEN", None)
+    proc = subprocess.Popen(cmd, cwd=ROOT, env=env, start_new_session=True,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"{kind} exited with {proc.returncode}")
+        try:
+            status, _ = http_request(port, "GET", "/status.json")
+            if status == 200:
+                return proc, port
+        except OSError:
+            time.sleep(0.1)
+    stop_server(proc)
+    raise RuntimeError(f"{kind} did not answer within 30 s")
+
+
+def stop_server(proc: subprocess.Popen) -> None:
+    """SIGTERM the server's process group, SIGKILL if it lingers."""
+    for sig, wait in ((signal.SIGTERM, 10), (signal.SIGKILL, 5)):
+        try:
+            os.killpg(proc.pid, sig)
+        except ProcessLookupError:
+            break
+        try:
+            proc.wait(wait)
+            break
+        except subprocess.TimeoutExpired:
+            continue
+    try:  # workers of gunicorn share the group: make sure none is left
+        os.killpg(proc.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+
+
+def group_cpu_seconds(pgid: int) -> float:
+    """CPU seconds (user + system) used so far by the live processes of a process group."""
+    total = 0
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[2]) == pgid:
+            total += int(fields[11]) + int(fields[12])
+    return total / os.sysconf("SC_CLK_TCK")
+
+
+def machine_busy_seconds() -> float:
+    """CPU seconds all CPUs spent busy since boot (from /proc/stat)."""
+    fields = Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]
+    ticks = [int(x) for x in fields]
+    idle = ticks[3] + ticks[4]  # idle + iowait
+    return (sum(ticks[:8]) - idle) / os.sysconf("SC_CLK_TCK")
+
+
+def own_cpu_seconds() -> float:
+    """CPU seconds of this process and of its children that were waited for."""
+    t = os.times()
+    return t.user + t.system + t.children_user + t.children_system
+
+
+def http_request(port: int, method: str, path: str, obj: dict | None = None) -> tuple[int, dict]:
+    """One request on a fresh connection (setup only, not measured)."""
+    import http.client
+
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
+    try:
+        body = json.dumps(obj).encode() if obj is not None else None
+        conn.request(method, path, body=body, headers={"Content-Type": "application/json"})
+        resp = conn.getresponse()
+        return resp.status, json.loads(resp.read() or b"{}")
+    finally:
+        conn.close()
+
+
+# --- load generator -------------------------------------------------------------------
+
+_HEAD = (b"POST /msg/ HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+         b"Content-Length: %d\r\n\r\n")
+
+
+def _read_response(rfile) -> tuple[int, bytes]:
+    status = int(rfile.readline().split(b" ", 2)[1])
+    length = 0
+    while True:
+        line = rfile.readline()
+        if line in (b"\r\n", b""):
+            break
+        if line[:15].lower() == b"content-length:":
+            length = int(line[15:])
+    return status, rfile.read(length)
+
+
+def _client(port: int, rank: int, measure_from: float,
+            stop_at: float) -> tuple[list, int, int]:
+    """Closed loop of one worker rank; returns (latencies in window, errors, resets in it)."""
+    from time import perf_counter
+    from time import time as wall
+
+    sock = socket.create_connection(("127.0.0.1", port))
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    rfile = sock.makefile("rb")
+    c = 0.005 * (1 + rank % 7)  # heterogeneous capabilities
+    k, t, lat, errors, resets = 0, 1, [], 0, 0
+    body = b'{"msg_type":"reset","rank":%d,"t":%d,"te":%.6f}' % (rank, t, wall())
+    try:
+        while True:
+            t0 = perf_counter()
+            sock.sendall(_HEAD % len(body) + body)
+            status, data = _read_response(rfile)
+            t1 = perf_counter()
+            if t0 >= measure_from:
+                lat.append(t1 - t0)
+                resets += body[13:18] == b"reset"
+            if status != 200:
+                errors += 1
+            if t1 >= stop_at:
+                return lat, errors, resets
+            if b'"sync"' in data:  # next round, as a trainer after its synchronisation
+                t = json.loads(data)["round"] + 1
+                k = 0
+                body = b'{"msg_type":"reset","rank":%d,"t":%d,"te":%.6f}' % (rank, t, wall())
+            else:
+                k += 1
+                body = (b'{"msg_type":"query","rank":%d,"k":%d,"c":%.4f,"te":%.6f}'
+                        % (rank, k, c, wall()))
+    finally:
+        rfile.close()
+        sock.close()
+
+
+def _process(port: int, ranks: list[int], measure_from: float, stop_at: float,
+             out: mp.Queue) -> None:
+    """One client process: a thread per rank."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(len(ranks)) as pool:
+        results = list(pool.map(lambda r: _client(port, r, measure_from, stop_at), ranks))
+    lat = [x for res in results for x in res[0]]
+    out.put((lat, sum(res[1] for res in results), sum(res[2] for res in results)))
+
+
+@dataclass
+class Result:
+    """One row of the table."""
+
+    server: str
+    clients: int
+    procs: int
+    requests: int
+    errors: int
+    seconds: float
+    p50_ms: float
+    p99_ms: float
+    server_cpu_s: float = 0.0  # CPU the server used during the whole level
+    other_cpu_frac: float = 0.0  # share of the machine's CPUs busy with other processes
+    resets: int = 0  # requests that were resets (the others are queries)
+
+    @property
+    def rate(self) -> float:
+        return self.requests / self.seconds
+
+
+def percentile(sorted_vals: list[float], q: float) -> float:
+    """Nearest-rank percentile of sorted values."""
+    if not sorted_vals:
+        return float("nan")
+    idx = min(len(sorted_vals) - 1, max(0, int(round(q / 100 * len(sorted_vals))) - 1))
+    return sorted_vals[idx]
+
+
+def run_level(server: str, port: int, pgid: int, clients: int, procs: int, warmup: float,
+              duration: float) -> Result:
+    """Init for ``clients`` workers, run the closed loops, aggregate."""
+    status, _ = http_request(port, "POST", "/msg/",
+                             {"msg_type": "reset", "num_workers": clients, "epsilon": 0.002})
+    assert status == 200, status
+    procs = max(1, min(procs, clients))
+    ctx = mp.get_context("fork")
+    out = ctx.Queue()
+    start = time.perf_counter() + 0.3  # let the processes fork and connect
+    measure_from, stop_at = start + warmup, start + warmup + duration
+    ranks = [list(range(clients))[i::procs] for i in range(procs)]
+    workers = [ctx.Process(target=_process, args=(port, rs, measure_from, stop_at, out))
+               for rs in ranks]
+    cpu_before = group_cpu_seconds(pgid)
+    busy_before, own_before, wall_before = machine_busy_seconds(), own_cpu_seconds(), \
+        time.monotonic()
+    for w in workers:
+        w.start()
+    lat: list[float] = []
+    errors = resets = 0
+    for _ in workers:
+        part, err, res = out.get(timeout=warmup + duration + 60)
+        lat.extend(part)
+        errors += err
+        resets += res
+    for w in workers:
+        w.join(10)
+    cpu = group_cpu_seconds(pgid) - cpu_before
+    other = (machine_busy_seconds() - busy_before) - cpu - (own_cpu_seconds() - own_before)
+    other_frac = max(other, 0.0) / ((time.monotonic() - wall_before) * (os.cpu_count() or 1))
+    lat.sort()
+    return Result(server, clients, procs, len(lat), errors, duration,
+                  percentile(lat, 50) * 1e3, percentile(lat, 99) * 1e3, cpu, other_frac,
+                  resets)
+
+
+def hot_path(port: int, n: int) -> dict[str, tuple[float, float]]:
+    """p50/p99 (ms) of one StateClient and one requests.Session doing n sequential queries."""
+    sys.path.insert(0, str(ROOT))
+    import requests
+
+    from trainer.state_client import StateClient
+
+    http_request(port, "POST", "/msg/", {"msg_type": "reset", "num_workers": 2, "epsilon": 0})
+    out = {}
+    client = StateClient(f"http://127.0.0.1:{port}", retry_for=5)
+    lat = []
+    for k in range(n):
+        t0 = time.perf_counter()
+        client.query(0, k, 0.01, time.time())
+        lat.append(time.perf_counter() - t0)
+    client.close()
+    lat.sort()
+    out["StateClient (http.client)"] = (percentile(lat, 50) * 1e3, percentile(lat, 99) * 1e3)
+    session, lat = requests.Session(), []
+    for k in range(n):
+        t0 = time.perf_counter()
+        r = session.post(f"http://127.0.0.1:{port}/msg/", json={
+            "msg_type": "query", "rank": 1, "k": k, "c": 0.01, "te": time.time()})
+        r.json()
+        lat.append(time.perf_counter() - t0)
+    session.close()
+    lat.sort()
+    out["requests.Session"] = (percentile(lat, 50) * 1e3, percentile(lat, 99) * 1e3)
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the benchmark and print the tables."""
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--servers", default="runserver,gunicorn",
+                    help="comma list of runserver, gunicorn, plain-runserver")
+    ap.add_argument("--clients", default="1,8,32,64")
+    ap.add_argument("--procs", type=int, default=2, help="client processes (at most)")
+    ap.add_argument("--threads", type=int, default=8, help="gunicorn gthread threads")
+    ap.add_argument("--warmup", type=float, default=0.5)
+    ap.add_argument("--duration", type=float, default=4.0, help="seconds measured per level")
+    ap.add_argument("--hot-path", type=int, default=500, help="sequential client queries")
+    args = ap.parse_args(argv)
+    rows: list[Result] = []
+    hot: dict[str, dict[str, tuple[float, float]]] = {}
+    load_before = os.getloadavg()[0]
+    for server in args.servers.split(","):
+        proc, port = start_server(server, args.threads)
+        try:
+            for clients in (int(c) for c in args.clients.split(",")):
+                res = run_level(server, port, proc.pid, clients, args.procs, args.warmup,
+                                args.duration)
+                rows.append(res)
+                print(f"# {server} {clients} clients: {res.rate:.0f} req/s, p50 "
+                      f"{res.p50_ms:.2f} ms, p99 {res.p99_ms:.2f} ms, errors {res.errors}",
+                      file=sys.stderr, flush=True)
+            if args.hot_path:
+                hot[server] = hot_path(port, args.hot_path)
+        finally:
+            stop_server(proc)
+    print(f"{os.cpu_count()} CPUs, Python {sys.version.split()[0]}, {args.duration:g} s per "
+          f"level after {args.warmup:g} s warm-up, at most {args.procs} client processes; "
+          f"1-min load average {load_before:.2f} before, {os.getloadavg()[0]:.2f} after. "
+          "'other processes' CPU' is the share of all CPUs that processes other than the "
+          "server and the clients used during the level: it skews every number.\n")
+    print("| server | clients | client procs | requests/s | of which queries/s | p50 ms "
+          "| p99 ms | errors | server CPU µs/request | other processes' CPU |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+    for r in rows:
+        total = r.rate * (r.seconds + args.warmup + 0.3)  # CPU was measured over all of it
+        print(f"| {r.server} | {r.clients} | {r.procs} | {r.rate:.0f} | "
+              f"{(r.requests - r.resets) / r.seconds:.0f} | {r.p50_ms:.2f} | "
+              f"{r.p99_ms:.2f} | {r.errors} | {r.server_cpu_s / total * 1e6:.0f} | "
+              f"{r.other_cpu_frac:.0%} |")
+    if hot:
+        print("\n| server | 1 client, sequential queries | p50 ms | p99 ms |")
+        print("|---|---|---:|---:|")
+        for server, clients in hot.items():
+            for name, (p50, p99) in clients.items():
+                print(f"| {server} | {name} | {p50:.2f} | {p99:.2f} |")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

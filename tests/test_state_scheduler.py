@@ -1,0 +1,438 @@
+"""Alg. 2 (the State Server's decision) and message parsing, without Django or HTTP."""
+
+from __future__ import annotations
+
+import heapq
+import random
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "StateServer"))
+
+from stateserver.messages import (  # noqa: E402
+    InitMsg,
+    MessageError,
+    QueryMsg,
+    ReportMsg,
+    ResetMsg,
+    decode_json,
+    parse_fields,
+    parse_message,
+    parse_response,
+)
+from stateserver.scheduler import (  # noqa: E402
+    COMPUTE,
+    SYNC,
+    NotInitializedError,
+    Scheduler,
+    SchedulerError,
+)
+
+# --- table-driven scenarios -----------------------------------------------------------
+# Steps: ("init", n, eps) | ("reset", rank, t, te, now) | ("report", rank, k, c, te, now)
+#        | ("query", rank, k, c, te, now, expected_action)
+#        | ("state", rank, field, expected_value) | ("round", expected_round)
+
+SCENARIOS: dict[str, list[tuple]] = {
+    "k == 0 always computes, even for the slowest": [
+        ("init", 2, 0.0),
+        ("report", 1, 1, 0.1, 10.0, 10.0),
+        ("query", 0, 0, 5.0, 10.0, 10.0, COMPUTE),
+        ("query", 0, 1, 5.0, 15.0, 15.0, SYNC),
+    ],
+    "the slowest syncs after one iteration": [
+        ("init", 3, 0.0),
+        ("report", 0, 1, 0.1, 10.0, 10.0),
+        ("report", 1, 1, 0.2, 10.0, 10.0),
+        ("query", 2, 1, 1.0, 10.5, 10.5, SYNC),
+        ("state", 2, "ready", True),
+    ],
+    "others sync once the slowest is ready": [
+        ("init", 3, 0.0),
+        ("report", 0, 1, 0.1, 10.0, 10.0),
+        ("report", 1, 1, 0.2, 10.0, 10.0),
+        ("query", 2, 1, 1.0, 10.0, 10.0, SYNC),
+        ("query", 0, 2, 0.1, 10.1, 10.1, SYNC),
+        ("query", 1, 2, 0.2, 10.2, 10.2, SYNC),
+    ],
+    "a fast worker computes while the slowest has time left": [
+        ("init", 2, 0.0),
+        ("report", 1, 0, 1.0, 10.0, 10.0),  # slowest started an iteration at 10.0
+        ("query", 0, 1, 0.25, 10.25, 10.25, COMPUTE),  # rest 0.75 > 0.25
+        ("query", 0, 2, 0.25, 10.5, 10.5, COMPUTE),  # rest 0.5 > 0.25
+        ("query", 0, 3, 0.25, 10.75, 10.75, COMPUTE),  # rest 0.25 == 0.25: not greater
+        ("query", 0, 4, 0.25, 10.8, 10.8, SYNC),  # rest 0.2 < 0.25
+    ],
+    "epsilon: c + eps == rest computes, just above syncs": [
+        ("init", 2, 0.25),
+        ("report", 1, 0, 1.0, 10.0, 10.0),
+        ("query", 0, 1, 0.5, 10.25, 10.25, COMPUTE),  # 0.5 + 0.25 == 0.75 == rest
+        ("query", 0, 2, 0.5, 10.25, 10.25 + 2**-20, SYNC),  # rest a hair below 0.75
+    ],
+    "epsilon large enough syncs at once": [
+        ("init", 2, 2.0),
+        ("report", 1, 0, 1.0, 10.0, 10.0),
+        ("query", 0, 1, 0.01, 10.01, 10.01, SYNC),
+    ],
+    "unknown capability: a worker that never reported": [
+        ("init", 3, 0.0),
+        ("report", 0, 1, 0.1, 10.0, 10.0),
+        ("query", 1, 1, 5.0, 10.0, 10.0, COMPUTE),  # rank 2 unknown: it may be slower
+        ("report", 2, 1, 0.2, 10.0, 10.0),
+        ("query", 1, 2, 5.0, 15.0, 15.0, SYNC),
+    ],
+    "unknown capability: reported with c == 0 (not measured yet)": [
+        ("init", 2, 0.0),
+        ("report", 1, 0, 0.0, 10.0, 10.0),
+        ("query", 0, 1, 5.0, 15.0, 15.0, COMPUTE),
+        ("state", 1, "c", 0.0),
+        ("report", 1, 1, 0.5, 10.5, 10.5),
+        ("query", 0, 2, 5.0, 20.0, 20.0, SYNC),
+    ],
+    "c == 0 in a later report keeps the known capability": [
+        ("init", 1, 0.0),
+        ("report", 0, 1, 0.5, 10.0, 10.0),
+        ("report", 0, 2, 0.0, 10.5, 10.5),
+        ("state", 0, "c", 0.5),
+    ],
+    "a new round clears every k and ready flag": [
+        ("init", 2, 0.0),
+        ("reset", 0, 1, 10.0, 10.0),
+        ("reset", 1, 1, 10.0, 10.0),
+        ("query", 0, 1, 0.1, 10.1, 10.1, COMPUTE),
+        ("query", 1, 1, 1.0, 11.0, 11.0, SYNC),
+        ("query", 0, 9, 0.1, 11.0, 11.0, SYNC),
+        ("reset", 0, 2, 12.0, 12.0),
+        ("round", 2),
+        ("state", 0, "k", 0), ("state", 0, "ready", False), ("state", 0, "t", 2),
+        ("state", 0, "te", 12.0),
+        ("state", 1, "k", 0), ("state", 1, "ready", False), ("state", 1, "t", 1),
+    ],
+    "rounds numbered by the round just finished (1, 2, ...): the first reset clears": [
+        ("init", 2, 0.0),
+        ("round", 0),
+        ("report", 0, 1, 0.1, 10.0, 10.0),
+        ("query", 1, 1, 1.0, 11.0, 11.0, SYNC),
+        ("query", 0, 3, 0.1, 11.0, 11.0, SYNC),
+        ("reset", 0, 1, 12.0, 12.0),
+        ("round", 1), ("state", 0, "ready", False), ("state", 1, "ready", False),
+        ("reset", 1, 1, 12.0, 12.0),
+        ("query", 0, 1, 0.1, 12.1, 12.1, COMPUTE),  # rest 0.9
+    ],
+    "upstream numbering (the round that starts: 2, 3, ...) clears as well": [
+        ("init", 2, 0.0),
+        ("report", 0, 1, 0.1, 10.0, 10.0),
+        ("query", 1, 1, 1.0, 11.0, 11.0, SYNC),
+        ("reset", 1, 2, 12.0, 12.0),
+        ("round", 2), ("state", 1, "ready", False),
+    ],
+    "a reset into the same round keeps the others' ready flags": [
+        ("init", 2, 0.0),
+        ("report", 0, 0, 0.1, 10.0, 10.0),
+        ("reset", 1, 2, 10.0, 10.0),
+        ("query", 1, 1, 1.0, 11.0, 11.0, SYNC),
+        ("reset", 0, 2, 10.5, 10.5),
+        ("state", 1, "ready", True),
+        ("query", 0, 1, 0.1, 10.6, 10.6, SYNC),
+    ],
+    "a slowest that has not reset into the round: others compute": [
+        ("init", 2, 0.0),
+        ("reset", 0, 1, 10.0, 10.0), ("reset", 1, 1, 10.0, 10.0),
+        ("query", 0, 1, 0.1, 10.1, 10.1, COMPUTE),  # rank 1's capability is unknown
+        ("query", 1, 1, 1.0, 11.0, 11.0, SYNC),
+        ("query", 0, 5, 0.1, 11.0, 11.0, SYNC),
+        ("reset", 0, 2, 12.0, 12.0),  # rank 0 is through the barrier first
+        ("query", 0, 1, 0.1, 12.1, 12.1, COMPUTE),  # rest would be < 0, but 1 is in round 1
+        ("reset", 1, 2, 12.2, 12.2),
+        ("query", 0, 2, 0.1, 12.2, 12.25, COMPUTE),  # rest 0.95
+        ("query", 1, 1, 1.0, 13.2, 13.2, SYNC),
+        ("query", 0, 3, 0.1, 12.3, 13.2, SYNC),
+    ],
+    "the answer sync does not flip back in the same round": [
+        ("init", 2, 0.0),
+        ("report", 1, 0, 1.0, 10.0, 10.0),
+        ("query", 0, 1, 0.5, 10.6, 10.6, SYNC),  # rest 0.4 < 0.5
+        ("report", 1, 0, 1.0, 10.6, 10.6),  # the slowest restarted: rest back to 1.0
+        ("query", 0, 1, 0.5, 10.6, 10.6, SYNC),
+    ],
+    "a query without reset places the worker in the current round": [
+        ("init", 2, 0.0),
+        ("reset", 0, 5, 10.0, 10.0),
+        ("report", 0, 1, 0.1, 10.1, 10.1),
+        ("query", 1, 1, 1.0, 11.0, 11.0, SYNC),
+        ("state", 1, "t", 5),
+    ],
+    "a reset into an older round is recorded, the round stays": [
+        ("init", 2, 0.0),
+        ("reset", 0, 5, 10.0, 10.0),
+        ("reset", 1, 3, 10.0, 10.0),
+        ("round", 5), ("state", 1, "t", 3),
+        ("report", 0, 1, 0.1, 10.1, 10.1),
+        ("query", 1, 1, 1.0, 11.0, 11.0, SYNC),  # it computes, so it is in the current round
+        ("state", 1, "t", 5),
+    ],
+    "paper 4.1: two equal stragglers, the second asks first": [
+        ("init", 3, 0.0),
+        ("reset", 0, 2, 100.0, 100.0), ("reset", 1, 2, 100.0, 100.0),
+        ("reset", 2, 2, 100.0, 100.0),
+        ("report", 0, 0, 0.25, 100.0, 100.0), ("report", 1, 0, 1.0, 100.0, 100.0),
+        ("report", 2, 0, 1.0, 100.0, 100.0),
+        ("query", 0, 1, 0.25, 100.25, 100.25, COMPUTE),  # rest 0.75
+        ("query", 2, 1, 1.0, 101.0, 101.0, SYNC),  # not argmax by rank, still a straggler
+        ("query", 0, 4, 0.25, 101.0, 101.0, SYNC),
+        ("query", 1, 1, 1.0, 101.0, 101.0, SYNC),
+    ],
+    "paper 4.1: two equal stragglers finish at the same instant, epsilon 0": [
+        # Plain argmax picks rank 1; rank 2 would see rest = c and, as c + 0 > c is false,
+        # compute one more batch while everyone waits. Both are stragglers: both sync.
+        ("init", 3, 0.0),
+        ("reset", 0, 2, 100.0, 100.0), ("reset", 1, 2, 100.0, 100.0),
+        ("reset", 2, 2, 100.0, 100.0),
+        ("report", 0, 4, 0.25, 101.0, 101.0),
+        ("report", 1, 1, 1.0, 101.0, 101.0),
+        ("query", 2, 1, 1.0, 101.0, 101.0, SYNC),
+        ("query", 1, 1, 1.0, 101.0, 101.0, SYNC),
+        ("query", 0, 5, 0.25, 101.0, 101.0, SYNC),
+    ],
+    "paper 4.1: two equal stragglers, a fast worker waits for the one still busy": [
+        ("init", 3, 0.0),
+        ("reset", 0, 2, 100.0, 100.0), ("reset", 1, 2, 100.0, 100.0),
+        ("reset", 2, 2, 100.5, 100.5),  # rank 2 started half a second later
+        ("report", 0, 0, 0.25, 100.0, 100.0), ("report", 1, 0, 1.0, 100.0, 100.0),
+        ("report", 2, 0, 1.0, 100.5, 100.5),
+        ("query", 1, 1, 1.0, 101.0, 101.0, SYNC),
+        # rank 1 is ready, but rank 2 will reach the barrier 0.5 s later: keep computing
+        ("query", 0, 4, 0.25, 101.0, 101.0, COMPUTE),
+        ("query", 0, 5, 0.25, 101.25, 101.26, SYNC),  # rest 0.24 < 0.25
+        ("query", 2, 1, 1.0, 101.5, 101.5, SYNC),
+    ],
+}
+
+
+def run_steps(steps: list[tuple]) -> Scheduler:
+    """Apply the steps to a fresh scheduler, asserting every expectation."""
+    sched = Scheduler()
+    for i, step in enumerate(steps):
+        op, args = step[0], step[1:]
+        where = f"step {i}: {step}"
+        if op == "init":
+            sched.init(*args)
+        elif op == "reset":
+            sched.reset(*args)
+        elif op == "report":
+            sched.report(*args)
+        elif op == "query":
+            assert sched.query(*args[:-1]) == args[-1], where
+        elif op == "state":
+            rank, name, value = args
+            assert getattr(sched.db.records[rank], name) == value, where
+        elif op == "round":
+            assert sched.db.round == args[0], where
+        else:
+            raise AssertionError(f"bad step {step}")
+    return sched
+
+
+@pytest.mark.parametrize("name", list(SCENARIOS))
+def test_scenario(name: str) -> None:
+    run_steps(SCENARIOS[name])
+
+
+def test_a_wrong_expectation_fails() -> None:
+    """The runner really checks (guards against a vacuous table)."""
+    with pytest.raises(AssertionError):
+        run_steps([("init", 1, 0.0), ("query", 0, 0, 1.0, 1.0, 1.0, SYNC)])
+
+
+def test_query_before_init_and_rank_range_leave_state_unchanged() -> None:
+    sched = Scheduler()
+    with pytest.raises(NotInitializedError):
+        sched.query(0, 1, 0.1, 1.0, 1.0)
+    with pytest.raises(NotInitializedError):
+        sched.reset(0, 1, 1.0, 1.0)
+    assert sched.db.records == {} and not sched.db.initialized
+    sched.init(2, 0.0)
+    with pytest.raises(SchedulerError, match="rank 2 out of range"):
+        sched.query(2, 1, 0.1, 1.0, 1.0)
+    assert sched.db.records == {}
+
+
+def test_init_forgets_the_previous_run() -> None:
+    sched = run_steps([("init", 2, 0.0), ("reset", 0, 7, 1.0, 1.0)])
+    sched.init(3, 0.5)
+    assert (sched.db.round, sched.db.records, sched.db.num_workers) == (0, {}, 3)
+
+
+def test_snapshot_and_upstream_view() -> None:
+    sched = run_steps([("init", 2, 0.5), ("reset", 1, 1, 10.0, 10.0),
+                       ("report", 1, 3, 0.2, 10.6, 11.0)])
+    snap = sched.snapshot(12.0)
+    assert snap["workers"][0]["reported"] is False and snap["workers"][0]["last_seen"] is None
+    assert snap["workers"][1] | {} == {"rank": 1, "round": 1, "k": 3, "c": 0.2, "te": 10.6,
+                                       "ready": False, "last_seen": 11.0, "reported": True}
+    assert snap["slowest"] is None  # rank 0 unknown
+    assert sched.upstream_view() == {
+        "num_workers": 2, "t": 1, "epsilon": 0.5,
+        "records": [[0, 0, 0.0, 0.0, False, 1], [1, 3, 0.2, 10.6, False, 1]]}
+
+
+# --- liveness: simulated runs with a synchronisation barrier ----------------------------
+
+
+def simulate(caps: list[float], eps: float, rounds: int, start_lag: list[float],
+             reset_lag: float, seed: int) -> list[list[int]]:
+    """Discrete-event run of ESync workers; returns the k of every worker in every round.
+
+    A worker queries before each batch; ``compute`` costs it ``caps[r]`` seconds, ``sync``
+    sends it to a barrier; when all are there, each resets into the next round after a
+    random lag. Fails if the run needs absurdly many events (a livelock).
+    """
+    rng = random.Random(seed)
+    n = len(caps)
+    sched = Scheduler()
+    sched.init(n, eps)
+    k, c_known, te = [0] * n, [0.0] * n, [0.0] * n
+    arrivals: dict[int, float] = {}
+    per_round: list[list[int]] = []
+    events = [(start_lag[r], r, "reset", 1) for r in range(n)]
+    heapq.heapify(events)
+    budget = 200 * rounds * n
+    while events and len(per_round) < rounds:
+        budget -= 1
+        assert budget > 0, f"livelock: rounds done {per_round}"
+        now, r, kind, t = heapq.heappop(events)
+        if kind == "reset":
+            sched.reset(r, t, now, now)
+            k[r], te[r] = 0, now
+            heapq.heappush(events, (now, r, "query", t))
+            continue
+        if sched.query(r, k[r], c_known[r], te[r], now) == COMPUTE:
+            k[r] += 1
+            c_known[r] = caps[r]
+            te[r] = now + caps[r]
+            heapq.heappush(events, (te[r], r, "query", t))
+            continue
+        arrivals[r] = now
+        if len(arrivals) == n:
+            per_round.append([k[i] for i in range(n)])
+            done = max(arrivals.values())
+            arrivals.clear()
+            for i in range(n):
+                heapq.heappush(events, (done + rng.uniform(0, reset_lag), i, "reset", t + 1))
+    assert len(per_round) == rounds
+    return per_round
+
+
+@pytest.mark.parametrize("caps,eps", [
+    ([0.01, 0.02, 0.05], 0.0),
+    ([0.01, 0.05, 0.05], 0.0),  # two equal stragglers
+    ([0.03, 0.03, 0.03, 0.03], 0.0),  # all equal
+    ([0.002, 0.01, 0.011, 0.3], 0.005),
+])
+def test_runs_never_deadlock_and_the_slowest_does_one_iteration(caps: list[float],
+                                                               eps: float) -> None:
+    slow = max(caps)
+    for seed in range(5):
+        lag = [random.Random(seed).uniform(0, 0.05) for _ in caps]
+        ks = simulate(caps, eps, rounds=30, start_lag=lag, reset_lag=0.004, seed=seed)
+        for rnd in ks[1:]:  # round 1 may wait for capabilities to be known
+            assert all(k >= 1 for k in rnd)
+            for r, cap in enumerate(caps):
+                if cap == slow:
+                    assert rnd[r] == 1, (seed, ks)
+                else:  # a fast worker fills the straggler's time, at most about one more
+                    assert rnd[r] <= slow / cap + 2, (seed, ks)
+
+
+# --- message parsing ------------------------------------------------------------------
+
+VALID = [
+    ({"msg_type": "reset", "num_workers": 3, "epsilon": 0.5}, InitMsg(3, 0.5)),
+    ({"msg_type": "init", "num_workers": 3, "epsilon": 0}, InitMsg(3, 0.0)),
+    ({"msg_type": "reset", "rank": 1, "t": 2, "te": 1.5}, ResetMsg(1, 2, 1.5)),
+    ({"msg_type": "report", "rank": 0, "k": 0, "c": 0, "te": 0}, ReportMsg(0, 0, 0.0, 0.0)),
+    ({"msg_type": "query", "rank": 2, "k": 4, "c": 0.01, "te": 1.7e9},
+     QueryMsg(2, 4, 0.01, 1.7e9)),
+]
+
+
+@pytest.mark.parametrize("obj,expected", VALID)
+def test_parse_valid(obj: dict, expected: object) -> None:
+    assert parse_message(obj) == expected
+
+
+INVALID = [
+    ([], "must be a JSON object"),
+    ({}, "missing field 'msg_type'"),
+    ({"msg_type": "hello"}, "unknown msg_type"),
+    ({"msg_type": 3}, "unknown msg_type"),
+    ({"msg_type": "response", "rank": 0, "round": 1, "action": "sync"}, "sent by the server"),
+    ({"msg_type": "query", "rank": 0, "k": 1, "c": 0.1}, "missing field(s) 'te'"),
+    ({"msg_type": "query", "rank": 0, "k": 1, "c": 0.1, "te": 1, "x": 1}, "unexpected"),
+    ({"msg_type": "reset", "rank": 0, "t": 1, "te": 1, "epsilon": 1}, "init message"),
+    ({"msg_type": "query", "rank": "0", "k": 1, "c": 0.1, "te": 1}, "'rank' must be an int"),
+    ({"msg_type": "query", "rank": True, "k": 1, "c": 0.1, "te": 1}, "'rank' must be an int"),
+    ({"msg_type": "query", "rank": 0, "k": 1.0, "c": 0.1, "te": 1}, "'k' must be an integer"),
+    ({"msg_type": "query", "rank": 0, "k": -1, "c": 0.1, "te": 1}, "'k' must be in"),
+    ({"msg_type": "query", "rank": 0, "k": 1, "c": -0.1, "te": 1}, "'c' must be in"),
+    ({"msg_type": "query", "rank": 0, "k": 1, "c": float("nan"), "te": 1}, "'c' must be finite"),
+    ({"msg_type": "query", "rank": 0, "k": 1, "c": float("inf"), "te": 1}, "'c' must be finite"),
+    ({"msg_type": "query", "rank": 0, "k": 1, "c": "0.1", "te": 1}, "'c' must be a number"),
+    ({"msg_type": "query", "rank": 0, "k": 1, "c": 0.1, "te": None}, "'te' must be a number"),
+    ({"msg_type": "query", "rank": 0, "k": 1, "c": 0.1, "te": 1e12}, "'te' must be in"),
+    ({"msg_type": "query", "rank": 10_000, "k": 1, "c": 0.1, "te": 1}, "'rank' must be in"),
+    ({"msg_type": "reset", "num_workers": 10_001, "epsilon": 0}, "'num_workers' must be in"),
+    ({"msg_type": "reset", "num_workers": 0, "epsilon": 0}, "'num_workers' must be in"),
+    ({"msg_type": "reset", "num_workers": 2, "epsilon": -1}, "'epsilon' must be in"),
+    ({"msg_type": "reset", "rank": 0, "t": -1, "te": 1}, "'t' must be in"),
+]
+
+
+@pytest.mark.parametrize("obj,needle", INVALID)
+def test_parse_invalid(obj: object, needle: str) -> None:
+    with pytest.raises(MessageError) as err:
+        parse_message(obj)
+    assert needle in str(err.value)
+
+
+@pytest.mark.parametrize("body,needle", [
+    (b"", "empty"),
+    (b"{", "not valid JSON"),
+    (b'{"c": NaN}', "NaN is not a number"),
+    (b'{"c": Infinity}', "Infinity is not a number"),
+    (b'{"a": 1, "a": 2}', "duplicate key"),
+    (b"\xff\xfe{}", "not UTF-8"),
+    (b"[" * 100_000, "exceeds"),
+    (b"[" * 60_000, "nested too deeply"),
+    (b'{"k": ' + b"9" * 5000 + b"}", "not valid JSON"),
+])
+def test_decode_json_rejects(body: bytes, needle: str) -> None:
+    with pytest.raises(MessageError) as err:
+        decode_json(body)
+    assert needle in str(err.value)
+
+
+def test_parse_fields_upstream_forms() -> None:
+    assert parse_fields("query", {"r": "1", "k": "2", "c": "0.5", "te": "3"}) == \
+        QueryMsg(1, 2, 0.5, 3.0)
+    assert parse_fields("init", {"num_workers": "4", "epsilon": "0.5"}) == InitMsg(4, 0.5)
+    assert parse_fields("reset", {"r": 0, "t": 2, "te": 1.0}) == ResetMsg(0, 2, 1.0)
+    for fields, needle in [({"r": "x", "k": "2", "c": "0.5", "te": "3"}, "'rank' must be an int"),
+                           ({"r": "1", "k": "2", "c": "nan", "te": "3"}, "'c' must be finite"),
+                           ({"r": "1", "k": "2", "c": "inf", "te": "3"}, "'c' must be finite"),
+                           ({"r": "1", "k": "2.5", "c": "1", "te": "3"}, "'k' must be an int"),
+                           ({"rank": "1", "k": "2", "c": "1", "te": "3"}, "names the rank 'r'"),
+                           ({"r": "1", "k": "2", "c": "1"}, "missing field(s) 'te'")]:
+        with pytest.raises(MessageError) as err:
+            parse_fields("query", fields)
+        assert needle in str(err.value)
+
+
+def test_parse_response() -> None:
+    msg = parse_response({"msg_type": "response", "rank": 1, "round": 3, "action": "sync"})
+    assert (msg.rank, msg.round, msg.action) == (1, 3, "sync")
+    assert msg.to_dict() == {"msg_type": "response", "rank": 1, "round": 3, "action": "sync"}
+    with pytest.raises(MessageError, match="action"):
+        parse_response({"msg_type": "response", "rank": 1, "round": 3, "action": "wait"})
