@@ -163,8 +163,8 @@ def wait_http(url: str, proc: Proc, timeout: float) -> None:
 def state_server_cmd(kind: str, port: int) -> list[str]:
     """Command that serves the State Server on 127.0.0.1:port."""
     if kind == "gunicorn":
-        return [PYTHON, "-m", "gunicorn", "-c", os.path.join(ROOT, "StateServer", "gunicorn.conf.py"),
-                "--bind", f"127.0.0.1:{port}"]
+        conf = os.path.join(ROOT, "StateServer", "gunicorn.conf.py")
+        return [PYTHON, "-m", "gunicorn", "-c", conf, "--bind", f"127.0.0.1:{port}"]
     return [PYTHON, os.path.join(ROOT, "StateServer", "manage.py"), "runserver",
             f"127.0.0.1:{port}", "--noreload"]
 
