@@ -13,7 +13,7 @@ NETWORK ?= lenet
 MAX_TIME ?= 45
 LOG_DIR ?= logs
 
-.PHONY: run test lint bench-state-server clean
+.PHONY: run test lint bench-state-server reproduce clean
 
 $(STAMP): requirements.txt
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info[:2] == (3, 11) else "Python 3.11 is required (set PYTHON=/path/to/python3.11)")'
@@ -33,6 +33,13 @@ lint: $(STAMP)
 
 bench-state-server: $(STAMP)
 	$(PY) bench/bench_state_server.py
+
+# The full comparison of docs/reproduction.md: every mode, iid then non-iid (about 12 minutes).
+reproduce: $(STAMP)
+	$(PY) launch.py --compare esync,sync,async,dcasgd,local -w $(WORKERS) --slowdowns $(SLOWDOWNS) \
+		-n $(NETWORK) --max-time 60 --rounds 100000 -e 5 -ld $(LOG_DIR)
+	$(PY) launch.py --compare esync,sync,async,dcasgd,local -w $(WORKERS) --slowdowns $(SLOWDOWNS) \
+		-n $(NETWORK) --max-time 60 --rounds 100000 -e 5 -ld $(LOG_DIR) -s 1
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache

@@ -15,7 +15,7 @@ summary.json is summarised on the fly by ``summary.load_summary``) and writes:
 * ``throughput.png``: cluster samples/s per mode (bars; iid and niid side by side).
 * ``traffic.png``: cluster KVStore traffic (pushed + pulled) per mode, in B/s, KB/s or MB/s
   (decimal: 1 KB = 10^3 B, 1 MB = 10^6 B) depending on the largest value.
-* ``compute_ratio.png``: compute-time ratio of every worker (x: rank, device, slowdown S),
+* ``compute_ratio.png``: compute-time ratio of every worker (x: emulated device: slowdown S),
   one bar per mode, one panel per split.
 * ``speedup.md``: time to ``--target`` accuracy per mode and ESync's speedup
   = baseline time / ESync time (same split); ``speedup_table`` returns it as data.
@@ -184,55 +184,73 @@ def plot_traffic(summaries: dict[str, Summary], path: Path) -> str:
     return _save(fig, path)
 
 
-def _worker_labels(summaries: dict[str, Summary]) -> dict[Any, str]:
-    """Rank -> tick label ``rank r / device / S=x`` (first mode that has the rank wins)."""
-    hosts = {w.get("host") for s in summaries.values() for w in s["workers"]}
-    labels: dict[Any, str] = {}
-    for summary in summaries.values():
-        for w in summary["workers"]:
-            if w["rank"] in labels:
-                continue
-            where = f"{w.get('host')}/{w.get('device')}" if len(hosts) > 1 else w.get("device")
-            slowdown = w.get("slowdown")
-            speed = f"S={slowdown:g}" if isinstance(slowdown, int | float) else "S=?"
-            labels[w["rank"]] = f"rank {w['rank']}\n{where}\n{speed}"
-    return labels
+SlotKey = tuple[str, str, float, int]
 
 
-def _bar_slots(ranks: list[Any], summaries: dict[str, Summary]) -> dict[tuple[str, Any], float]:
-    """x of every (mode, rank) bar: the bars present at a rank are centred on its tick."""
-    width = 0.8 / len(summaries)
-    slots = {}
-    for i, rank in enumerate(ranks):
-        present = [m for m, s in summaries.items() if any(w["rank"] == rank for w in s["workers"])]
-        for j, mode in enumerate(present):
-            slots[mode, rank] = i + (j - (len(present) - 1) / 2) * width
-    return slots
+def _slot_key(w: dict[str, Any]) -> tuple[str, str, float]:
+    slowdown = w.get("slowdown")
+    return (str(w.get("host")), str(w.get("device")),
+            float(slowdown) if isinstance(slowdown, int | float) else float("nan"))
+
+
+def _worker_slots(summaries: dict[str, Summary]) -> dict[str, list[tuple[SlotKey, dict]]]:
+    """Per mode, every worker keyed by the emulated device it ran as.
+
+    ps-lite hands out ranks in arrival order, so rank r is a different device in each run;
+    the key is (host, device, slowdown, n-th such worker), which is the same across modes.
+    """
+    keyed: dict[str, list[tuple[SlotKey, dict]]] = {}
+    for mode, summary in summaries.items():
+        seen: dict[tuple[str, str, float], int] = {}
+        rows = []
+        for w in sorted(summary["workers"], key=lambda w: (_slot_key(w), w["rank"])):
+            base = _slot_key(w)
+            seen[base] = seen.get(base, 0) + 1
+            rows.append(((*base, seen[base]), w))
+        keyed[mode] = rows
+    return keyed
+
+
+def _slot_label(key: SlotKey, many_hosts: bool, numbered: bool) -> str:
+    host, device, slowdown, n = key
+    speed = "S=?" if slowdown != slowdown else f"S={slowdown:g}"
+    where = f"{host}/{device}" if many_hosts else device
+    return f"{speed}\n{where}" + (f" #{n}" if numbered else "")
 
 
 def _ratio_panel(ax: Axes, summaries: dict[str, Summary], title: str) -> None:
-    """One panel of compute-time ratio bars: x = worker rank, one bar per mode."""
-    labels = _worker_labels(summaries)
-    ranks = sorted(labels, key=lambda r: (r is None, r or 0))
-    slots = _bar_slots(ranks, summaries)
+    """One panel of compute-time ratio bars: x = emulated device, one bar per mode."""
+    keyed = _worker_slots(summaries)
+    slots = sorted({k for rows in keyed.values() for k, _ in rows},
+                   key=lambda k: (k[0], -k[2] if k[2] == k[2] else 0.0, k[1], k[3]))
+    many_hosts = len({k[0] for k in slots}) > 1
+    numbered = len({k[:3] for k in slots}) < len(slots)
     width = 0.8 / len(summaries)
-    for mode, summary in summaries.items():
-        workers = [w for w in summary["workers"] if (mode, w["rank"]) in slots]
-        values = [w["compute_time_ratio"] for w in workers]
-        bars = ax.bar([slots[mode, w["rank"]] for w in workers], values, width * 0.92,
-                      color=COLORS.get(base_mode(mode), "gray"), edgecolor="black",
-                      linewidth=0.5, label=label(mode))
-        if len(slots) <= 24:
-            ax.bar_label(bars, labels=[f"{v:.2f}" for v in values], fontsize=7, padding=1)
-    ax.set_xticks(range(len(ranks)), [labels[r] for r in ranks], fontsize=8)
-    ax.set_xlim(-0.5, len(ranks) - 0.5)
+    for i, key in enumerate(slots):
+        present = [m for m in summaries if any(k == key for k, _ in keyed[m])]
+        for j, mode in enumerate(present):
+            w = next(w for k, w in keyed[mode] if k == key)
+            x = i + (j - (len(present) - 1) / 2) * width
+            value = w["compute_time_ratio"]
+            bars = ax.bar([x], [value], width * 0.92, color=COLORS.get(base_mode(mode), "gray"),
+                          edgecolor="black", linewidth=0.5,
+                          label=label(mode) if i == 0 or key == slots[0] else None)
+            if len(slots) * len(summaries) <= 24:
+                ax.bar_label(bars, labels=[f"{value:.2f}"], fontsize=7, padding=1)
+    handles = {label(m): plt.Rectangle((0, 0), 1, 1, color=COLORS.get(base_mode(m), "gray"))
+               for m in summaries}
+    ax.set_xticks(range(len(slots)), [_slot_label(k, many_hosts, numbered) for k in slots],
+                  fontsize=8)
+    ax.set_xlim(-0.5, len(slots) - 0.5)
     top = max(1.0, *(w["compute_time_ratio"] for s in summaries.values() for w in s["workers"]))
     ax.set_ylim(0, top * 1.35)
     ax.set_yticks([t for t in ax.get_yticks() if t <= top + 1e-9])
     ax.set_ylabel("compute time / wall time")
+    ax.set_xlabel("worker (emulated slowdown S; ranks differ between runs)", fontsize=8)
     ax.set_title(title, fontsize=10)
     ax.grid(axis="y", alpha=0.3)
-    ax.legend(fontsize=8, ncol=min(len(summaries), 5), loc="upper center")
+    ax.legend(list(handles.values()), list(handles), fontsize=8,
+              ncol=min(len(summaries), 5), loc="upper center")
 
 
 def plot_compute_ratio(summaries: dict[str, Summary], path: Path) -> str:

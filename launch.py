@@ -250,7 +250,10 @@ def start_distributed(opts: argparse.Namespace, cluster: Cluster, mode: str,
                       common: list[str]) -> None:
     """State Server (esync), scheduler, server and workers."""
     worker_flags = list(common)
-    if mode == "esync":
+    if mode == "esync" and opts.state_server_at:
+        host, port = opts.state_server_at
+        worker_flags += ["-ip", host, "-port", str(port)]
+    elif mode == "esync":
         port = free_port()
         proc = cluster.start("state-server", "state-server",
                              state_server_cmd(opts.state_server, port), child_env(1))
@@ -309,6 +312,13 @@ def supervise(opts: argparse.Namespace, cluster: Cluster, progress: Progress) ->
           f"{time.monotonic() - started:.1f} s, last test acc {acc}", flush=True)
 
 
+def _host_port(text: str) -> tuple[str, int]:
+    host, _, port = text.rpartition(":")
+    if not host or not port.isdigit() or not 1 <= int(port) <= 65535:
+        raise argparse.ArgumentTypeError(f"expected HOST:PORT, got {text!r}")
+    return host, int(port)
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         description="Run an emulated heterogeneous cluster on this machine. Flags not listed "
@@ -329,6 +339,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="OMP/MKL threads per worker process")
     p.add_argument("--state-server", choices=("runserver", "gunicorn"), default="runserver",
                    help="how to serve the State Server")
+    p.add_argument("--state-server-at", dest="state_server_at", type=_host_port, default=None,
+                   metavar="HOST:PORT", help="esync: use this running State Server instead of "
+                   "starting one")
     p.add_argument("--target", type=float, default=0.9,
                    help="--compare: accuracy for the time-to-accuracy table")
     p.add_argument("--timeout", type=float, default=0.0,
@@ -379,8 +392,10 @@ def report(opts: argparse.Namespace) -> None:
     for path in draw.draw_all(opts.log_dir, opts.network, opts.target,
                               os.path.join(opts.log_dir, opts.network)):
         print(f"figure: {path}")
-    md, js = report_mod.write_report(opts.log_dir, opts.network,
-                                     [m + suffix for m in opts.modes], opts.target)
+    # every mode with logs under <log_dir>/<network>/, so an iid and a -s 1 comparison that
+    # share a log dir end up in one report
+    present = list(summary.load_all(opts.log_dir, opts.network))
+    md, js = report_mod.write_report(opts.log_dir, opts.network, present, opts.target)
     print(f"report: {md}\nreport: {js}")
 
 

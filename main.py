@@ -64,18 +64,35 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     from trainer.cluster import ClusterConfigError as ConfigError
     from trainer.loop import run
+    from trainer.state_client import StateServerError
     from utils import DatasetError
 
+    distributed = role == "worker"
     try:
-        return run(args, distributed=role == "worker")
+        return run(args, distributed=distributed)
     except (DatasetError, ConfigError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    except RuntimeError as exc:
-        if type(exc).__module__ != "trainer.state_client":
+        return _fail(f"error: {exc}", 2, distributed)
+    except StateServerError as exc:
+        return _fail(f"error: State Server: {exc}", 4, distributed)
+    except Exception:
+        if not distributed:
             raise
-        print(f"error: State Server: {exc}", file=sys.stderr)
-        return 4
+        import traceback
+
+        return _fail(traceback.format_exc(), 1, distributed)
+
+
+def _fail(message: str, code: int, distributed: bool) -> int:
+    """Report an error; a distributed worker then exits at once.
+
+    Exiting normally would run the KVStore's destructor, whose barrier waits for the other
+    workers forever; the launcher (or the operator) has to see this worker die instead.
+    """
+    print(message, file=sys.stderr, flush=True)
+    if distributed:
+        sys.stdout.flush()
+        os._exit(code)
+    return code
 
 
 if __name__ == "__main__":

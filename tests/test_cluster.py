@@ -148,3 +148,15 @@ def test_failing_worker_at_start_is_reported(log_dir: str, tmp_path) -> None:
     assert "FAILED" in res.stderr and "exited with code 2" in res.stderr
     assert "train-images-idx3-ubyte" in res.stderr
     assert_all_gone(launched_pids(log_dir, "lenet", "sync"))
+
+
+def test_unreachable_state_server_fails_with_its_url(log_dir: str) -> None:
+    with socket.socket() as sock:  # a port nobody listens on
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    res = launch(log_dir, "esync", 2, "1", 5, "--state-server-at", f"127.0.0.1:{port}",
+                 "--state-retry", "2", timeout=120)
+    assert res.returncode == 1, res.stdout + res.stderr
+    assert "(rank 0)" in res.stderr and "exited with code 4" in res.stderr
+    assert f"http://127.0.0.1:{port}" in res.stderr and "State Server" in res.stderr
+    assert_all_gone(launched_pids(log_dir, "lenet", "esync"))

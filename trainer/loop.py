@@ -183,6 +183,7 @@ def run(args: argparse.Namespace, distributed: bool) -> int:
     if distributed:
         with JoinWatchdog(args.connect_timeout):
             kv = create_kvstore(mode.kv_type or "dist_sync")
+            print(f"[worker {kv.rank}/{kv.num_workers}] joined the MXNet cluster", flush=True)
             mode.setup(model, kv)
     else:
         mode.setup(model, None)
