@@ -25,7 +25,8 @@ LEARNING_RATE_GLOBAL = 1.0  # -gl: esync global step, w += gl * sum(delta) / p
 # --- stopping and evaluation ----------------------------------------------------------
 ROUNDS = 200  # global rounds (esync / sync) or iterations (async / local)
 MAX_TIME = 0.0  # seconds; 0 means no time limit
-EVAL_DURATION = 10  # -e: evaluate every this many rounds / iterations
+EVAL_DURATION = 10  # -e: evaluate every this many rounds / iterations (0: off)
+EVAL_INTERVAL = 0.0  # --eval-interval: also evaluate every this many seconds (0: off)
 
 # --- paths ----------------------------------------------------------------------------
 ROOT = os.path.dirname(os.path.abspath(__file__))

@@ -37,3 +37,14 @@ def test_split_by_class_goes_to_niid_folder(log_dir) -> None:
                  timeout=120)
     assert res.returncode == 0, res.stderr
     assert list(worker_folders(log_dir, "lenet", "local-niid")) == [0]
+
+
+def test_eval_interval_evaluates_by_time(log_dir) -> None:
+    res = run_py(["main.py", "-m", "local", "--rounds", "1000000", "--max-time", "3", "-e", "0",
+                  "--eval-interval", "0.5", "-ld", log_dir], timeout=120)
+    assert res.returncode == 0, res.stderr
+    records = read_rounds(worker_folders(log_dir, "lenet", "local")[0])
+    times = [r["time"] for r in records if "test_acc" in r]
+    assert 4 <= len(times) <= 8, times
+    gaps = [b - a for a, b in zip(times, times[1:])]
+    assert all(g >= 0.45 for g in gaps[:-1]), gaps  # the last one is the final evaluation

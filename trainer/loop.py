@@ -88,6 +88,7 @@ class Worker:
         self.log = log
         self.loss_fn = gluon.loss.SoftmaxCrossEntropyLoss()
         self.busy_avg = 0.0
+        self.last_eval = time.perf_counter()
 
     def warm_up(self) -> None:
         """One forward/backward pass without an update, so graph building is not timed as c."""
@@ -138,13 +139,22 @@ class Worker:
             return True
         return bool(self.args.max_time) and self.log.elapsed() >= self.args.max_time
 
+    def eval_due(self, round_no: int) -> bool:
+        """Every ``-e`` rounds, and/or every ``--eval-interval`` seconds of training."""
+        args = self.args
+        if args.eval_every and round_no % args.eval_every == 0:
+            return True
+        return bool(args.eval_interval) and (
+            time.perf_counter() - self.last_eval >= args.eval_interval)
+
     def end_round(self, round_no: int, stats: RoundStats, stop: bool, started: float) -> None:
         """Evaluate (rank 0), checksum, and write the round's record."""
         args = self.args
-        if self.mode.rank == 0 and (round_no % args.eval_every == 0 or stop):
+        if self.mode.rank == 0 and (stop or self.eval_due(round_no)):
             t0 = time.perf_counter()
             acc, loss = evaluate(self.model, self.data, self.size, args.batch_size)
-            stats.eval_s += time.perf_counter() - t0
+            self.last_eval = time.perf_counter()
+            stats.eval_s += self.last_eval - t0
             stats.extra.update(test_acc=round(acc, 6), test_loss=round(loss, 6))
             print(f"[Iteration {round_no}] Test Acc {acc:.3f} Loss {loss:.4f} "
                   f"Time {self.log.elapsed():.1f}s", flush=True)
@@ -167,8 +177,9 @@ class Worker:
                 self.end_round(round_no, stats, stop, round_started)
                 if stop:
                     return round_no
-                progress.k, progress.te = 0, time.time()
                 stats, round_started = RoundStats(), time.perf_counter()
+                self.mode.begin_round(round_no + 1, stats)
+                progress.k, progress.te = 0, time.time()
             else:
                 self.compute_batch(progress, stats)
 

@@ -131,6 +131,9 @@ class Mode:
         """End round ``round_no``; return True when every worker agrees to stop."""
         return stop
 
+    def begin_round(self, round_no: int, stats: RoundStats) -> None:
+        """Called just before the first batch of round ``round_no`` (after the records)."""
+
 
 class _SummingMode(Mode):
     """Modes built on SumExchange: gradients or deltas, plus BatchNorm stats and a stop flag."""
@@ -208,10 +211,13 @@ class ESyncMode(_SummingMode):
             g += total * scale
             g.copyto(w)
         mx.nd.waitall()
+        return stop_all
+
+    def begin_round(self, round_no: int, stats: RoundStats) -> None:
+        """Tell the State Server this worker starts ``round_no`` now (its te)."""
         started = time.perf_counter()
         self.client.reset(self.rank, round_no, time.time())
         stats.query_s += time.perf_counter() - started
-        return stop_all
 
 
 class AsyncMode(Mode):

@@ -18,6 +18,13 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _non_negative_int(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {value}")
+    return value
+
+
 def _non_negative_float(text: str) -> float:
     value = float(text)
     if not value >= 0.0 or value == float("inf"):
@@ -78,9 +85,14 @@ def build_parser() -> argparse.ArgumentParser:
                    default=config.SPLIT_BY_CLASS, help="1: non-iid split by class")
     p.add_argument("-dd", "--data-dir", dest="data_dir", default=config.DATA_DIR)
     p.add_argument("-ld", "--log-dir", dest="log_dir", default=config.LOG_DIR)
-    p.add_argument("-e", "--eval-duration", dest="eval_every", type=_positive_int,
+    p.add_argument("-e", "--eval-duration", dest="eval_every", type=_non_negative_int,
                    default=config.EVAL_DURATION,
-                   help="rank 0 evaluates every this many rounds (iterations for async/local)")
+                   help="rank 0 evaluates every this many rounds (iterations for async/local); "
+                   "0: only by --eval-interval and at the end")
+    p.add_argument("--eval-interval", dest="eval_interval", type=_non_negative_float,
+                   default=config.EVAL_INTERVAL,
+                   help="rank 0 also evaluates when this many seconds passed since the last "
+                   "evaluation (0: off); the same time resolution for every mode")
     p.add_argument("-g", "--gpu", type=int, default=config.DEFAULT_GPU_ID,
                    help="GPU index to use when one exists (CPU otherwise)")
     p.add_argument("-c", "--cpu", type=_flag01, default=config.USE_CPU,
