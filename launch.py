@@ -72,7 +72,8 @@ class Proc:
 
     def tail(self, lines: int = 15) -> str:
         """The last lines of this process's output."""
-        self.log_file.flush()
+        if not self.log_file.closed:
+            self.log_file.flush()
         try:
             with open(self.log_path, errors="replace") as fh:
                 return "".join(fh.readlines()[-lines:])
@@ -87,11 +88,13 @@ class Cluster:
     proc_dir: str
     procs: list[Proc] = field(default_factory=list)
 
-    def start(self, name: str, role: str, cmd: list[str], env: dict[str, str]) -> Proc:
+    def start(self, name: str, role: str, cmd: list[str], env: dict[str, str],
+              cwd: str = ROOT) -> Proc:
+        """Start ``cmd`` in its own session, its output in ``<proc_dir>/<name>.log``."""
         os.makedirs(self.proc_dir, exist_ok=True)
         path = os.path.join(self.proc_dir, f"{name}.log")
         log_file = open(path, "wb")
-        popen = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=log_file,
+        popen = subprocess.Popen(cmd, cwd=cwd, env=env, stdout=log_file,
                                  stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                  start_new_session=True)
         proc = Proc(name, popen, path, log_file, role)

@@ -18,6 +18,7 @@ workers), ``num_workers``, ``split``.
 * ``throughput_ratio`` = ESync samples_per_s / baseline samples_per_s
 * ``traffic_ratio`` = ESync bytes_per_s / baseline bytes_per_s
 * ``final_accuracy_diff`` = ESync final_accuracy - baseline final_accuracy
+* ``plateau_accuracy_diff`` = the same for plateau_accuracy (mean of the last 20 % of the run)
 
 A ratio is null when a side is missing (e.g. target not reached) or the denominator is 0.
 """
@@ -53,6 +54,7 @@ def mode_row(summary: dict[str, Any], target: float) -> dict[str, Any]:
         "time_to_target_s": time_to_target(summary.get("accuracy") or [], target),
         "final_accuracy": summary.get("final_accuracy"),
         "best_accuracy": summary.get("best_accuracy"),
+        "plateau_accuracy": summary.get("plateau_accuracy"),
         "samples_per_s": summary["samples_per_s"],
         "bytes_per_s": summary["bytes_per_s"],
         "min_compute_time_ratio": min(ratios) if ratios else None,
@@ -72,6 +74,7 @@ def compare(esync: dict[str, Any], baseline: dict[str, Any]) -> dict[str, Any]:
         "throughput_ratio": ratio(esync["samples_per_s"], baseline["samples_per_s"]),
         "traffic_ratio": ratio(esync["bytes_per_s"], baseline["bytes_per_s"]),
         "final_accuracy_diff": _diff(esync["final_accuracy"], baseline["final_accuracy"]),
+        "plateau_accuracy_diff": _diff(esync["plateau_accuracy"], baseline["plateau_accuracy"]),
     }
 
 
@@ -93,14 +96,15 @@ def _fmt(value: float | None, fmt: str, missing: str = "-") -> str:
 
 def _mode_table(rows: dict[str, dict[str, Any]], target: float) -> list[str]:
     unit, scale = byte_unit(max(r["bytes_per_s"] for r in rows.values()))
-    lines = [f"| mode | split | workers | time to {target:.0%} (s) | final acc | best acc"
-             f" | samples/s | traffic ({unit}) | min compute ratio |",
-             "|---|---|---:|---:|---:|---:|---:|---:|---:|"]
+    lines = [f"| mode | split | workers | time to {target:.0%} (s) | final acc | plateau acc"
+             f" | best acc | samples/s | traffic ({unit}) | min compute ratio |",
+             "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for mode, r in rows.items():
         lines.append(
             f"| {mode} | {r['split']} | {r['num_workers']}"
             f" | {_fmt(r['time_to_target_s'], '.1f', 'not reached')}"
-            f" | {_fmt(r['final_accuracy'], '.2%')} | {_fmt(r['best_accuracy'], '.2%')}"
+            f" | {_fmt(r['final_accuracy'], '.2%')} | {_fmt(r.get('plateau_accuracy'), '.2%')}"
+            f" | {_fmt(r['best_accuracy'], '.2%')}"
             f" | {r['samples_per_s']:,.1f} | {r['bytes_per_s'] / scale:,.1f}"
             f" | {_fmt(r['min_compute_time_ratio'], '.3f')} |")
     return lines
@@ -110,12 +114,14 @@ def _versus_table(versus: dict[str, dict[str, Any]]) -> list[str]:
     if not versus:
         return ["No ESync run next to a baseline of the same split: no comparison."]
     lines = ["| ESync vs | speedup to target | throughput ratio | traffic ratio"
-             " | final acc diff (pp) |", "|---|---:|---:|---:|---:|"]
+             " | final acc diff (pp) | plateau acc diff (pp) |", "|---|---:|---:|---:|---:|---:|"]
     for mode, v in versus.items():
-        diff = None if v["final_accuracy_diff"] is None else 100 * v["final_accuracy_diff"]
+        diff, plateau = (None if v.get(k) is None else 100 * v[k]
+                         for k in ("final_accuracy_diff", "plateau_accuracy_diff"))
         lines.append(f"| {mode} ({v['esync_mode']}) | {_fmt(v['speedup_to_target'], '.2f')}"
                      f" | {_fmt(v['throughput_ratio'], '.2f')}"
-                     f" | {_fmt(v['traffic_ratio'], '.2f')} | {_fmt(diff, '+.2f')} |")
+                     f" | {_fmt(v['traffic_ratio'], '.2f')} | {_fmt(diff, '+.2f')}"
+                     f" | {_fmt(plateau, '+.2f')} |")
     return lines
 
 

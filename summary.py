@@ -27,6 +27,8 @@ Cluster:
 * ``bytes_per_s`` = total bytes (pushed + pulled) of all workers / duration_s
 * ``accuracy`` = ``[time, test_acc]`` of the rank-0 records that carry ``test_acc``, file order
 * ``final_accuracy`` = last ``test_acc`` of that list, ``best_accuracy`` = its max
+* ``plateau_accuracy`` = mean ``test_acc`` of the evaluations in the last 20 % of rank 0's
+  training time (one evaluation of a small test set is noisy: 1 of digits' 359 images is 0.28 pp)
   (both ``null`` when there is none)
 * ``num_workers`` = number of worker folders found (a warning goes to stderr when it differs
   from ``num_workers`` in a meta.json)
@@ -148,6 +150,18 @@ def worker_stats(meta: dict[str, Any], records: list[Record]) -> dict[str, Any]:
     }
 
 
+PLATEAU_SHARE = 0.2  # plateau_accuracy averages the evaluations of this last share of the run
+
+
+def plateau_accuracy(accuracy: Sequence[Sequence[float]]) -> float | None:
+    """Mean accuracy of the evaluations in the last ``PLATEAU_SHARE`` of the run's time."""
+    if not accuracy:
+        return None
+    since = (1.0 - PLATEAU_SHARE) * accuracy[-1][0]
+    tail = [acc for t, acc in accuracy if t >= since]
+    return sum(tail) / len(tail)
+
+
 def time_to_target(accuracy: Sequence[Sequence[float]], target: float) -> float | None:
     """First time whose accuracy is >= ``target``; None when it is never reached."""
     for seconds, acc in accuracy:
@@ -235,6 +249,7 @@ def summarize(mode_dir: str | os.PathLike[str]) -> dict[str, Any]:
         "loss": loss,
         "final_accuracy": accs[-1] if accs else None,
         "best_accuracy": max(accs) if accs else None,
+        "plateau_accuracy": plateau_accuracy(accuracy),
         "workers": stats,
     }
 

@@ -17,11 +17,11 @@ import re
 import shutil
 import signal
 import subprocess
-import sys
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import IO
+
+from launch import Cluster, Proc
 
 PREFIX = "esmh"  # namespace names: esmh<pid>-<role>
 NIC = "veth0"  # name of the cluster interface inside every host namespace
@@ -180,61 +180,18 @@ class Network:
 
 
 @dataclass
-class Proc:
-    """A child process in its own session, with its output in a file."""
+class Processes(Cluster):
+    """Children of one test, stopped like launch.py stops a run (process groups, TERM then
+    KILL), plus anything that still carries this run's marker in its environment."""
 
-    name: str
-    popen: subprocess.Popen[bytes]
-    log_path: str
-    log_file: IO[bytes]
-
-    def tail(self, lines: int = 25) -> str:
-        """The last lines of this process's output."""
-        if not self.log_file.closed:
-            self.log_file.flush()
-        try:
-            with open(self.log_path, errors="replace") as fh:
-                return "".join(fh.readlines()[-lines:])
-        except OSError:
-            return ""
-
-
-@dataclass
-class Processes:
-    """Children of one test; ``stop_all()`` ends their process groups (TERM, then KILL)."""
-
-    log_dir: str
     marker: str = field(default_factory=lambda: f"{PREFIX}{os.getpid()}-{time.time_ns()}")
-    procs: list[Proc] = field(default_factory=list)
 
-    def start(self, name: str, argv: Sequence[str], env: dict[str, str], cwd: str) -> Proc:
-        os.makedirs(self.log_dir, exist_ok=True)
-        path = os.path.join(self.log_dir, f"{name}.log")
-        log_file = open(path, "wb")
-        popen = subprocess.Popen(list(argv), cwd=cwd, env={**env, MARKER_VAR: self.marker},
-                                 stdout=log_file, stderr=subprocess.STDOUT,
-                                 stdin=subprocess.DEVNULL, start_new_session=True)
-        proc = Proc(name, popen, path, log_file)
-        self.procs.append(proc)
-        return proc
+    def start(self, name: str, argv: Sequence[str], env: dict[str, str],  # type: ignore[override]
+              cwd: str) -> Proc:
+        return super().start(name, "test", list(argv), {**env, MARKER_VAR: self.marker}, cwd)
 
     def stop_all(self, grace: float = 5.0) -> None:
-        for p in self.procs:
-            if p.popen.poll() is None:
-                _killpg(p.popen.pid, signal.SIGTERM)
-        deadline = time.monotonic() + grace
-        for p in self.procs:
-            try:
-                p.popen.wait(max(0.0, deadline - time.monotonic()))
-            except subprocess.TimeoutExpired:
-                pass
-        for p in self.procs:
-            _killpg(p.popen.pid, signal.SIGKILL)  # also stray children of finished leaders
-            try:
-                p.popen.wait(5.0)
-            except subprocess.TimeoutExpired:
-                print(f"warning: {p.name} (pid {p.popen.pid}) did not die", file=sys.stderr)
-            p.log_file.close()
+        self.stop(grace)
         for pid in self.leftovers():
             try:
                 os.kill(pid, signal.SIGKILL)

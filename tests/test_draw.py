@@ -122,7 +122,7 @@ def test_report_fields_consistent(drawn: tuple[Path, list[str]]) -> None:
         assert row == {
             "time_to_target_s": time_to_target(s["accuracy"], 0.9),
             "final_accuracy": s["final_accuracy"], "best_accuracy": s["best_accuracy"],
-            "samples_per_s": s["samples_per_s"], "bytes_per_s": s["bytes_per_s"],
+            "plateau_accuracy": s["plateau_accuracy"], "samples_per_s": s["samples_per_s"], "bytes_per_s": s["bytes_per_s"],
             "min_compute_time_ratio": min(w["compute_time_ratio"] for w in s["workers"]),
             "num_workers": s["num_workers"], "split": s["split"]}
     assert rep["modes"]["esync"]["min_compute_time_ratio"] == 0.25
@@ -132,7 +132,9 @@ def test_report_fields_consistent(drawn: tuple[Path, list[str]]) -> None:
         "esync_mode": "esync",
         "speedup_to_target": modes["sync"]["time_to_target_s"] / modes["esync"]["time_to_target_s"],
         "throughput_ratio": 34.0 / 4.0, "traffic_ratio": 750.0 / 500.0,
-        "final_accuracy_diff": 0.875 - 0.9375}
+        "final_accuracy_diff": 0.875 - 0.9375,
+        "plateau_accuracy_diff": modes["esync"]["plateau_accuracy"]
+        - modes["sync"]["plateau_accuracy"]}
     assert rep["esync_vs"]["sync"]["speedup_to_target"] == 8.0
     assert rep["esync_vs"]["local"]["traffic_ratio"] is None  # local moves no bytes
     assert rep["esync_vs"]["local"]["speedup_to_target"] == 0.5
@@ -143,7 +145,8 @@ def test_report_fields_consistent(drawn: tuple[Path, list[str]]) -> None:
     assert set(links) == FIGURES
     assert all((base / NET / link).exists() for link in links)
     assert "traffic (B/s)" in text
-    assert "| sync | iid | 2 | 32.0 | 93.75% | 93.75% | 4.0 | 500.0 | 0.188 |" in text
+    plateau = rep["modes"]["sync"]["plateau_accuracy"]
+    assert f"| sync | iid | 2 | 32.0 | 93.75% | {plateau:.2%} | 93.75% | 4.0 | 500.0 | 0.188 |" in text
     assert "| sync (esync) | 8.00 | 8.50 | 1.50 | -6.25 |" in text
 
 

@@ -208,3 +208,12 @@ def test_cli_writes_summary(tmp_path: Path) -> None:
     for key in ("mode", "network", "split", "num_workers", "duration_s", "accuracy",
                 "final_accuracy", "best_accuracy", "samples_per_s", "bytes_per_s", "workers"):
         assert key in written
+
+
+def test_plateau_accuracy_averages_the_last_fifth_of_the_run() -> None:
+    from summary import plateau_accuracy
+
+    acc = [[1.0, 0.5], [5.0, 0.6], [8.0, 0.7], [9.0, 0.8], [10.0, 0.9]]
+    assert plateau_accuracy(acc) == pytest.approx(0.8)  # t >= 8: 0.7, 0.8, 0.9
+    assert plateau_accuracy([[3.0, 0.25]]) == 0.25
+    assert plateau_accuracy([]) is None
