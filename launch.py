@@ -399,7 +399,27 @@ def report(opts: argparse.Namespace) -> None:
     # share a log dir end up in one report
     present = list(summary.load_all(opts.log_dir, opts.network))
     md, js = report_mod.write_report(opts.log_dir, opts.network, present, opts.target)
-    print(f"report: {md}\nreport: {js}")
+    print(f"report: {md}\nreport: {js}\n")
+    with open(js) as fh:
+        print_table(json.load(fh))
+
+
+def print_table(report: dict) -> None:
+    """The headline numbers of report.json, one line per mode."""
+    target = report["target"]
+    print(f"{'mode':<12} {f'to {target:.0%} (s)':>11} {'plateau acc':>11} {'samples/s':>10} "
+          f"{'MB/s':>7} {'min compute':>11} {'ESync speedup':>13}")
+    for mode, row in report["modes"].items():
+        speedup = report["esync_vs"].get(mode, {}).get("speedup_to_target")
+        cells = [
+            "-" if row["time_to_target_s"] is None else f"{row['time_to_target_s']:.1f}",
+            "-" if row.get("plateau_accuracy") is None else f"{row['plateau_accuracy']:.3f}",
+            f"{row['samples_per_s']:.0f}", f"{row['bytes_per_s'] / 1e6:.1f}",
+            "-" if row["min_compute_time_ratio"] is None
+            else f"{row['min_compute_time_ratio']:.2f}",
+            "-" if speedup is None else f"{speedup:.2f}x"]
+        print(f"{mode:<12} {cells[0]:>11} {cells[1]:>11} {cells[2]:>10} {cells[3]:>7} "
+              f"{cells[4]:>11} {cells[5]:>13}")
 
 
 def main(argv: list[str] | None = None) -> int:
