@@ -81,3 +81,11 @@ def test_launcher_rejects_bad_flags_before_starting_anything(log_dir) -> None:
     assert res.returncode == 2 and "fedavg" in res.stderr and "dcasgd" in res.stderr
     res = run_py(["launch.py", "-n", "vgg99", "-ld", log_dir], timeout=60)
     assert res.returncode == 2 and "invalid choice" in res.stderr
+
+
+def test_missing_gpu_falls_back_to_cpu_with_a_warning(log_dir) -> None:
+    res = run_py(["main.py", "-m", "local", "-g", "7", "--rounds", "2", "-ld", log_dir],
+                 timeout=120)
+    assert res.returncode == 0, res.stderr
+    assert "GPU 7 asked for" in res.stderr and "using the CPU" in res.stderr
+    assert "on cpu" in res.stdout

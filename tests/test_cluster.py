@@ -160,3 +160,17 @@ def test_unreachable_state_server_fails_with_its_url(log_dir: str) -> None:
     assert "(rank 0)" in res.stderr and "exited with code 4" in res.stderr
     assert f"http://127.0.0.1:{port}" in res.stderr and "State Server" in res.stderr
     assert_all_gone(launched_pids(log_dir, "lenet", "esync"))
+
+
+def test_esync_with_batchnorm_network_keeps_workers_identical(log_dir: str) -> None:
+    """resnet18-v1 has BatchNorm: its running statistics are averaged into the checksum too."""
+    res = run_py(["launch.py", "-w", "2", "--slowdowns", "1,2", "-m", "esync", "-n",
+                  "resnet18-v1", "-b", "8", "--rounds", "3", "-e", "3", "-ld", log_dir,
+                  "--timeout", "200"], timeout=240)
+    assert res.returncode == 0, res.stdout + res.stderr
+    folders = worker_folders(log_dir, "resnet18-v1", "esync")
+    records = {rank: read_rounds(folder) for rank, folder in folders.items()}
+    assert sorted(records) == [0, 1]
+    for i in range(3):
+        assert records[0][i]["checksum"] == records[1][i]["checksum"], i
+    assert "test_acc" in records[0][-1]

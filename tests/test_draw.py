@@ -122,7 +122,8 @@ def test_report_fields_consistent(drawn: tuple[Path, list[str]]) -> None:
         assert row == {
             "time_to_target_s": time_to_target(s["accuracy"], 0.9),
             "final_accuracy": s["final_accuracy"], "best_accuracy": s["best_accuracy"],
-            "plateau_accuracy": s["plateau_accuracy"], "samples_per_s": s["samples_per_s"], "bytes_per_s": s["bytes_per_s"],
+            "plateau_accuracy": s["plateau_accuracy"],
+            "samples_per_s": s["samples_per_s"], "bytes_per_s": s["bytes_per_s"],
             "min_compute_time_ratio": min(w["compute_time_ratio"] for w in s["workers"]),
             "num_workers": s["num_workers"], "split": s["split"]}
     assert rep["modes"]["esync"]["min_compute_time_ratio"] == 0.25
@@ -146,7 +147,8 @@ def test_report_fields_consistent(drawn: tuple[Path, list[str]]) -> None:
     assert all((base / NET / link).exists() for link in links)
     assert "traffic (B/s)" in text
     plateau = rep["modes"]["sync"]["plateau_accuracy"]
-    assert f"| sync | iid | 2 | 32.0 | 93.75% | {plateau:.2%} | 93.75% | 4.0 | 500.0 | 0.188 |" in text
+    row = f"| sync | iid | 2 | 32.0 | 93.75% | {plateau:.2%} | 93.75% | 4.0 | 500.0 | 0.188 |"
+    assert row in text
     assert "| sync (esync) | 8.00 | 8.50 | 1.50 | -6.25 |" in text
 
 

@@ -55,7 +55,10 @@ def build_model(args: argparse.Namespace, data: Dataset, ctx: mx.Context) -> tup
     net = get_model(args.network)
     net.initialize(mx.init.Xavier(magnitude=2.24), ctx=ctx)
     size = input_size(args.network, data.image_size)
-    net(mx.nd.zeros((1, data.channels, size, size), ctx=ctx))
+    # Infer shapes with a training-mode pass: an inference pass lets MKL-DNN keep convolution
+    # weights in its own blocked layout, which the KVStore cannot send.
+    with autograd.record():
+        net(mx.nd.zeros((2, data.channels, size, size), ctx=ctx))
     net.hybridize()
     return Model.wrap(net, ctx), size
 
