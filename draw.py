@@ -50,10 +50,20 @@ from summary import (  # noqa: E402
 Summary = dict[str, Any]
 DPI = 120
 WIDTH_IN = 6.8  # 816 px at DPI
-COLORS = {"esync": "tab:red", "sync": "tab:blue", "async": "tab:orange",
-          "dcasgd": "tab:green", "local": "dimgray"}
-LABELS = {"esync": "ESync", "sync": "Sync", "async": "Async", "dcasgd": "DC-ASGD",
-          "local": "Standalone"}
+COLORS = {
+    "esync": "tab:red",
+    "sync": "tab:blue",
+    "async": "tab:orange",
+    "dcasgd": "tab:green",
+    "local": "dimgray",
+}
+LABELS = {
+    "esync": "ESync",
+    "sync": "Sync",
+    "async": "Async",
+    "dcasgd": "DC-ASGD",
+    "local": "Standalone",
+}
 SPLITS = ("iid", "niid")
 
 
@@ -96,8 +106,9 @@ def _local_line(summaries: dict[str, Summary], split: str) -> tuple[str, float] 
     return None
 
 
-def plot_accuracy(summaries: dict[str, Summary], split: str, target: float | None,
-                  path: Path) -> str:
+def plot_accuracy(
+    summaries: dict[str, Summary], split: str, target: float | None, path: Path
+) -> str:
     """Test accuracy vs wall-clock seconds of the distributed modes of one split."""
     fig, ax = plt.subplots(figsize=(WIDTH_IN, 4.4))
     curves = 0
@@ -106,18 +117,30 @@ def plot_accuracy(summaries: dict[str, Summary], split: str, target: float | Non
             continue
         curves += 1
         xs, ys = zip(*summary["accuracy"], strict=True)
-        ax.plot(xs, ys, marker="o", markersize=3, linewidth=1.6,
-                color=COLORS.get(base_mode(mode)), label=label(mode))
+        ax.plot(
+            xs,
+            ys,
+            marker="o",
+            markersize=3,
+            linewidth=1.6,
+            color=COLORS.get(base_mode(mode)),
+            label=label(mode),
+        )
     local = _local_line(summaries, split)
     if local is not None:
-        ax.axhline(local[1], color=COLORS["local"], linestyle=":", linewidth=2,
-                   label=f"{label(local[0])} final: {local[1]:.1%}")
+        ax.axhline(
+            local[1],
+            color=COLORS["local"],
+            linestyle=":",
+            linewidth=2,
+            label=f"{label(local[0])} final: {local[1]:.1%}",
+        )
     if target is not None:
-        ax.axhline(target, color="black", linewidth=0.8, alpha=0.35,
-                   label=f"target {target:.0%}")
+        ax.axhline(target, color="black", linewidth=0.8, alpha=0.35, label=f"target {target:.0%}")
     if curves == 0:
-        ax.text(0.5, 0.5, "no distributed run with test accuracy", ha="center",
-                transform=ax.transAxes)
+        ax.text(
+            0.5, 0.5, "no distributed run with test accuracy", ha="center", transform=ax.transAxes
+        )
     name = "iid" if split == "iid" else "non-iid"
     ax.set_title(_title(summaries, f"test accuracy vs time ({name} split)"))
     ax.set_xlabel("wall-clock time since start (s)")
@@ -138,8 +161,7 @@ def _bar_groups(summaries: dict[str, Summary]) -> tuple[list[str], list[str]]:
     return bases, splits
 
 
-def _mode_bars(ax: Axes, summaries: dict[str, Summary], key: str, scale: float,
-               fmt: str) -> None:
+def _mode_bars(ax: Axes, summaries: dict[str, Summary], key: str, scale: float, fmt: str) -> None:
     """Grouped bars: x = base mode, one bar per split, value printed on top."""
     bases, splits = _bar_groups(summaries)
     width = 0.8 / len(splits)
@@ -152,9 +174,16 @@ def _mode_bars(ax: Axes, summaries: dict[str, Summary], key: str, scale: float,
                 xs.append(i + (j - (len(splits) - 1) / 2) * width)
                 values.append(summary[key] / scale)
                 colors.append(COLORS.get(base, "gray"))
-        bars = ax.bar(xs, values, width * 0.92, color=colors, edgecolor="black",
-                      linewidth=0.6, hatch="//" if split == "niid" else None,
-                      label="iid" if split == "iid" else "non-iid")
+        bars = ax.bar(
+            xs,
+            values,
+            width * 0.92,
+            color=colors,
+            edgecolor="black",
+            linewidth=0.6,
+            hatch="//" if split == "niid" else None,
+            label="iid" if split == "iid" else "non-iid",
+        )
         ax.bar_label(bars, labels=[format(v, fmt) for v in values], fontsize=8, padding=2)
     ax.set_xticks(range(len(bases)), [LABELS.get(b, b) for b in bases])
     ax.margins(y=0.15)
@@ -189,8 +218,11 @@ SlotKey = tuple[str, str, float, int]
 
 def _slot_key(w: dict[str, Any]) -> tuple[str, str, float]:
     slowdown = w.get("slowdown")
-    return (str(w.get("host")), str(w.get("device")),
-            float(slowdown) if isinstance(slowdown, int | float) else float("nan"))
+    return (
+        str(w.get("host")),
+        str(w.get("device")),
+        float(slowdown) if isinstance(slowdown, int | float) else float("nan"),
+    )
 
 
 def _worker_slots(summaries: dict[str, Summary]) -> dict[str, list[tuple[SlotKey, dict]]]:
@@ -221,8 +253,10 @@ def _slot_label(key: SlotKey, many_hosts: bool, numbered: bool) -> str:
 def _ratio_panel(ax: Axes, summaries: dict[str, Summary], title: str) -> None:
     """One panel of compute-time ratio bars: x = emulated device, one bar per mode."""
     keyed = _worker_slots(summaries)
-    slots = sorted({k for rows in keyed.values() for k, _ in rows},
-                   key=lambda k: (k[0], -k[2] if k[2] == k[2] else 0.0, k[1], k[3]))
+    slots = sorted(
+        {k for rows in keyed.values() for k, _ in rows},
+        key=lambda k: (k[0], -k[2] if k[2] == k[2] else 0.0, k[1], k[3]),
+    )
     many_hosts = len({k[0] for k in slots}) > 1
     numbered = len({k[:3] for k in slots}) < len(slots)
     width = 0.8 / len(summaries)
@@ -232,15 +266,24 @@ def _ratio_panel(ax: Axes, summaries: dict[str, Summary], title: str) -> None:
             w = next(w for k, w in keyed[mode] if k == key)
             x = i + (j - (len(present) - 1) / 2) * width
             value = w["compute_time_ratio"]
-            bars = ax.bar([x], [value], width * 0.92, color=COLORS.get(base_mode(mode), "gray"),
-                          edgecolor="black", linewidth=0.5,
-                          label=label(mode) if i == 0 or key == slots[0] else None)
+            bars = ax.bar(
+                [x],
+                [value],
+                width * 0.92,
+                color=COLORS.get(base_mode(mode), "gray"),
+                edgecolor="black",
+                linewidth=0.5,
+                label=label(mode) if i == 0 or key == slots[0] else None,
+            )
             if len(slots) * len(summaries) <= 24:
                 ax.bar_label(bars, labels=[f"{value:.2f}"], fontsize=7, padding=1)
-    handles = {label(m): plt.Rectangle((0, 0), 1, 1, color=COLORS.get(base_mode(m), "gray"))
-               for m in summaries}
-    ax.set_xticks(range(len(slots)), [_slot_label(k, many_hosts, numbered) for k in slots],
-                  fontsize=8)
+    handles = {
+        label(m): plt.Rectangle((0, 0), 1, 1, color=COLORS.get(base_mode(m), "gray"))
+        for m in summaries
+    }
+    ax.set_xticks(
+        range(len(slots)), [_slot_label(k, many_hosts, numbered) for k in slots], fontsize=8
+    )
     ax.set_xlim(-0.5, len(slots) - 0.5)
     top = max(1.0, *(w["compute_time_ratio"] for s in summaries.values() for w in s["workers"]))
     ax.set_ylim(0, top * 1.35)
@@ -249,18 +292,28 @@ def _ratio_panel(ax: Axes, summaries: dict[str, Summary], title: str) -> None:
     ax.set_xlabel("worker (emulated slowdown S; ranks differ between runs)", fontsize=8)
     ax.set_title(title, fontsize=10)
     ax.grid(axis="y", alpha=0.3)
-    ax.legend(list(handles.values()), list(handles), fontsize=8,
-              ncol=min(len(summaries), 5), loc="upper center")
+    ax.legend(
+        list(handles.values()),
+        list(handles),
+        fontsize=8,
+        ncol=min(len(summaries), 5),
+        loc="upper center",
+    )
 
 
 def plot_compute_ratio(summaries: dict[str, Summary], path: Path) -> str:
     """Compute-time ratio per worker and mode (cf. the paper's Fig. 5)."""
     splits = [s for s in SPLITS if of_split(summaries, s)]
-    fig, axes = plt.subplots(len(splits), 1, figsize=(WIDTH_IN, 3.6 * len(splits) + 0.4),
-                             squeeze=False)
+    fig, axes = plt.subplots(
+        len(splits), 1, figsize=(WIDTH_IN, 3.6 * len(splits) + 0.4), squeeze=False
+    )
     for ax, split in zip(axes[:, 0], splits, strict=True):
-        _ratio_panel(ax, of_split(summaries, split), f"{'iid' if split == 'iid' else 'non-iid'}"
-                     " split: share of wall-clock time spent computing")
+        _ratio_panel(
+            ax,
+            of_split(summaries, split),
+            f"{'iid' if split == 'iid' else 'non-iid'}"
+            " split: share of wall-clock time spent computing",
+        )
     fig.suptitle(_title(summaries, "compute-time ratio per worker"), fontsize=11)
     fig.tight_layout()
     return _save(fig, path)
@@ -272,14 +325,16 @@ def speedup_table(summaries: dict[str, Summary], target: float) -> list[dict[str
     rows = []
     for mode, summary in summaries.items():
         reference = esync_of(mode)
-        rows.append({
-            "mode": mode,
-            "split": summary.get("split", "iid"),
-            "time_to_target_s": times[mode],
-            "final_accuracy": summary.get("final_accuracy"),
-            "esync_mode": reference if reference in summaries else None,
-            "esync_speedup": ratio(times[mode], times.get(reference)),
-        })
+        rows.append(
+            {
+                "mode": mode,
+                "split": summary.get("split", "iid"),
+                "time_to_target_s": times[mode],
+                "final_accuracy": summary.get("final_accuracy"),
+                "esync_mode": reference if reference in summaries else None,
+                "esync_speedup": ratio(times[mode], times.get(reference)),
+            }
+        )
     return rows
 
 
@@ -290,35 +345,45 @@ def _cell(value: float | None, fmt: str, missing: str = "not reached") -> str:
 
 def speedup_markdown(rows: list[dict[str, Any]], network: str, target: float) -> str:
     """Markdown table of ``speedup_table`` rows."""
-    lines = [f"# {network}: time to {target:.1%} test accuracy", "",
-             "ESync speedup = baseline time to target / ESync time to target (same split);"
-             " *not reached* when either run never reached the target.", "",
-             "| mode | split | time to target (s) | final accuracy | ESync speedup |",
-             "|---|---|---:|---:|---:|"]
+    lines = [
+        f"# {network}: time to {target:.1%} test accuracy",
+        "",
+        "ESync speedup = baseline time to target / ESync time to target (same split);"
+        " *not reached* when either run never reached the target.",
+        "",
+        "| mode | split | time to target (s) | final accuracy | ESync speedup |",
+        "|---|---|---:|---:|---:|",
+    ]
     for row in rows:
-        speed = ("no ESync run" if row["esync_mode"] is None
-                 else _cell(row["esync_speedup"], ".2f"))
-        lines.append(f"| {row['mode']} | {row['split']} | {_cell(row['time_to_target_s'], '.1f')}"
-                     f" | {_cell(row['final_accuracy'], '.2%', 'n/a')} | {speed} |")
+        speed = "no ESync run" if row["esync_mode"] is None else _cell(row["esync_speedup"], ".2f")
+        lines.append(
+            f"| {row['mode']} | {row['split']} | {_cell(row['time_to_target_s'], '.1f')}"
+            f" | {_cell(row['final_accuracy'], '.2%', 'n/a')} | {speed} |"
+        )
     return "\n".join(lines) + "\n"
 
 
-def draw_all(base: str, network: str, target: float = 0.9,
-             outdir: str | None = None) -> list[str]:
+def draw_all(base: str, network: str, target: float = 0.9, outdir: str | None = None) -> list[str]:
     """Draw every figure and ``speedup.md`` of ``<base>/<network>``; return the paths."""
     summaries = load_all(base, network)
     if not summaries:
         raise DrawError(f"no summaries or worker logs of any mode under {Path(base) / network}")
     out = Path(outdir) if outdir else Path(base) / network
     out.mkdir(parents=True, exist_ok=True)
-    written = [plot_accuracy(summaries, split, target, out / f"accuracy_{split}.png")
-               for split in SPLITS if of_split(summaries, split)]
-    written += [plot_throughput(summaries, out / "throughput.png"),
-                plot_traffic(summaries, out / "traffic.png"),
-                plot_compute_ratio(summaries, out / "compute_ratio.png")]
+    written = [
+        plot_accuracy(summaries, split, target, out / f"accuracy_{split}.png")
+        for split in SPLITS
+        if of_split(summaries, split)
+    ]
+    written += [
+        plot_throughput(summaries, out / "throughput.png"),
+        plot_traffic(summaries, out / "traffic.png"),
+        plot_compute_ratio(summaries, out / "compute_ratio.png"),
+    ]
     speedup = out / "speedup.md"
-    speedup.write_text(speedup_markdown(speedup_table(summaries, target), network, target),
-                       encoding="utf-8")
+    speedup.write_text(
+        speedup_markdown(speedup_table(summaries, target), network, target), encoding="utf-8"
+    )
     return written + [str(speedup)]
 
 
@@ -327,10 +392,15 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description="Draw the comparison figures of one network")
     parser.add_argument("-b", "--base", default="logs", help="log directory (default: logs)")
     parser.add_argument("-n", "--network", required=True, help="network name, e.g. lenet")
-    parser.add_argument("--target", type=float, default=0.9,
-                        help="test accuracy for the time-to-accuracy table (default: 0.9)")
-    parser.add_argument("-o", "--outdir", default=None,
-                        help="output folder (default: <base>/<network>)")
+    parser.add_argument(
+        "--target",
+        type=float,
+        default=0.9,
+        help="test accuracy for the time-to-accuracy table (default: 0.9)",
+    )
+    parser.add_argument(
+        "-o", "--outdir", default=None, help="output folder (default: <base>/<network>)"
+    )
     return parser.parse_args(argv)
 
 

@@ -54,7 +54,8 @@ def parse_slowdowns(text: str, workers: int) -> list[float]:
         values = values * workers
     if len(values) != workers:
         raise argparse.ArgumentTypeError(
-            f"--slowdowns has {len(values)} values for {workers} workers")
+            f"--slowdowns has {len(values)} values for {workers} workers"
+        )
     if any(not v >= 1.0 or v == float("inf") for v in values):
         raise argparse.ArgumentTypeError("every slowdown must be a finite number >= 1")
     return values
@@ -88,15 +89,22 @@ class Cluster:
     proc_dir: str
     procs: list[Proc] = field(default_factory=list)
 
-    def start(self, name: str, role: str, cmd: list[str], env: dict[str, str],
-              cwd: str = ROOT) -> Proc:
+    def start(
+        self, name: str, role: str, cmd: list[str], env: dict[str, str], cwd: str = ROOT
+    ) -> Proc:
         """Start ``cmd`` in its own session, its output in ``<proc_dir>/<name>.log``."""
         os.makedirs(self.proc_dir, exist_ok=True)
         path = os.path.join(self.proc_dir, f"{name}.log")
         log_file = open(path, "wb")
-        popen = subprocess.Popen(cmd, cwd=cwd, env=env, stdout=log_file,
-                                 stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                 start_new_session=True)
+        popen = subprocess.Popen(
+            cmd,
+            cwd=cwd,
+            env=env,
+            stdout=log_file,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+        )
         proc = Proc(name, popen, path, log_file, role)
         self.procs.append(proc)
         self._write_pids()
@@ -137,8 +145,12 @@ def _signal_group(pgid: int, sig: int) -> None:
 def child_env(threads: int, extra: dict[str, str] | None = None) -> dict[str, str]:
     """Environment of a child: thread limits, unbuffered output, no inherited DMLC role."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("DMLC_")}
-    env.update(OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads),
-               OPENBLAS_NUM_THREADS=str(threads), PYTHONUNBUFFERED="1")
+    env.update(
+        OMP_NUM_THREADS=str(threads),
+        MKL_NUM_THREADS=str(threads),
+        OPENBLAS_NUM_THREADS=str(threads),
+        PYTHONUNBUFFERED="1",
+    )
     env.update(extra or {})
     return env
 
@@ -151,8 +163,9 @@ def wait_http(url: str, proc: Proc, timeout: float) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc.popen.poll() is not None:
-            raise LaunchError(f"{proc.name} exited with code {proc.popen.returncode}:\n"
-                              f"{proc.tail()}")
+            raise LaunchError(
+                f"{proc.name} exited with code {proc.popen.returncode}:\n{proc.tail()}"
+            )
         try:
             with urllib.request.urlopen(url, timeout=1.0):
                 return
@@ -168,8 +181,13 @@ def state_server_cmd(kind: str, port: int) -> list[str]:
     if kind == "gunicorn":
         conf = os.path.join(ROOT, "StateServer", "gunicorn.conf.py")
         return [PYTHON, "-m", "gunicorn", "-c", conf, "--bind", f"127.0.0.1:{port}"]
-    return [PYTHON, os.path.join(ROOT, "StateServer", "manage.py"), "runserver",
-            f"127.0.0.1:{port}", "--noreload"]
+    return [
+        PYTHON,
+        os.path.join(ROOT, "StateServer", "manage.py"),
+        "runserver",
+        f"127.0.0.1:{port}",
+        "--noreload",
+    ]
 
 
 class Progress:
@@ -193,14 +211,17 @@ class Progress:
         if self.pending is not None and due:
             rec, self.pending = self.pending, None
             self.last_printed = time.monotonic()
-            print(f"[{self.label}] round {rec['round']:>5}  t={rec['time']:7.1f}s  "
-                  f"test acc {rec['test_acc']:.3f}  loss {rec.get('test_loss', 0):.4f}",
-                  flush=True)
+            print(
+                f"[{self.label}] round {rec['round']:>5}  t={rec['time']:7.1f}s  "
+                f"test acc {rec['test_acc']:.3f}  loss {rec.get('test_loss', 0):.4f}",
+                flush=True,
+            )
 
     def _read(self) -> None:
         if self.path is None:
-            found = glob.glob(os.path.join(self.mode_dir, socket.gethostname(), "*-rank0",
-                                           "rounds.jsonl"))
+            found = glob.glob(
+                os.path.join(self.mode_dir, socket.gethostname(), "*-rank0", "rounds.jsonl")
+            )
             if not found:
                 return
             self.path = found[0]
@@ -234,10 +255,21 @@ def run_mode(opts: argparse.Namespace, mode: str, forwarded: list[str]) -> None:
     mode_dir = os.path.join(opts.log_dir, opts.network, mode_dir_name)
     shutil.rmtree(os.path.join(mode_dir, socket.gethostname()), ignore_errors=True)
     cluster = Cluster(os.path.join(opts.log_dir, "processes", opts.network, mode_dir_name))
-    common = [*mode_flags(mode), "-n", opts.network, "-ld", opts.log_dir,
-              "-s", str(opts.split_by_class), *forwarded]
-    who = ("1 worker (standalone)" if mode == "local"
-           else f"{opts.workers} workers, slowdowns {','.join(f'{s:g}' for s in opts.slowdowns)}")
+    common = [
+        *mode_flags(mode),
+        "-n",
+        opts.network,
+        "-ld",
+        opts.log_dir,
+        "-s",
+        str(opts.split_by_class),
+        *forwarded,
+    ]
+    who = (
+        "1 worker (standalone)"
+        if mode == "local"
+        else f"{opts.workers} workers, slowdowns {','.join(f'{s:g}' for s in opts.slowdowns)}"
+    )
     print(f"== {mode_dir_name}: {who}; process logs in {cluster.proc_dir}", flush=True)
     try:
         if base_mode == "local":
@@ -249,8 +281,9 @@ def run_mode(opts: argparse.Namespace, mode: str, forwarded: list[str]) -> None:
         cluster.stop()
 
 
-def start_distributed(opts: argparse.Namespace, cluster: Cluster, mode: str,
-                      common: list[str]) -> None:
+def start_distributed(
+    opts: argparse.Namespace, cluster: Cluster, mode: str, common: list[str]
+) -> None:
     """State Server (esync), scheduler, server and workers."""
     worker_flags = list(common)
     if mode == "esync" and opts.state_server_at:
@@ -258,20 +291,27 @@ def start_distributed(opts: argparse.Namespace, cluster: Cluster, mode: str,
         worker_flags += ["-ip", host, "-port", str(port)]
     elif mode == "esync":
         port = free_port()
-        proc = cluster.start("state-server", "state-server",
-                             state_server_cmd(opts.state_server, port), child_env(1))
+        proc = cluster.start(
+            "state-server", "state-server", state_server_cmd(opts.state_server, port), child_env(1)
+        )
         wait_http(f"http://127.0.0.1:{port}/", proc, timeout=60)
         worker_flags += ["-ip", "127.0.0.1", "-port", str(port)]
-    dmlc = {"DMLC_PS_ROOT_URI": "127.0.0.1", "DMLC_PS_ROOT_PORT": str(free_port()),
-            "DMLC_NUM_SERVER": "1", "DMLC_NUM_WORKER": str(opts.workers),
-            "DMLC_INTERFACE": "lo"}
+    dmlc = {
+        "DMLC_PS_ROOT_URI": "127.0.0.1",
+        "DMLC_PS_ROOT_PORT": str(free_port()),
+        "DMLC_NUM_SERVER": "1",
+        "DMLC_NUM_WORKER": str(opts.workers),
+        "DMLC_INTERFACE": "lo",
+    }
     for role in ("scheduler", "server"):
-        cluster.start(role, role, [PYTHON, "main.py"],
-                      child_env(1, {**dmlc, "DMLC_ROLE": role}))
+        cluster.start(role, role, [PYTHON, "main.py"], child_env(1, {**dmlc, "DMLC_ROLE": role}))
     for i, slowdown in enumerate(opts.slowdowns):
-        cluster.start(f"worker{i}", "worker",
-                      [PYTHON, "main.py", *worker_flags, "--slowdown", f"{slowdown:g}"],
-                      child_env(opts.threads, {**dmlc, "DMLC_ROLE": "worker"}))
+        cluster.start(
+            f"worker{i}",
+            "worker",
+            [PYTHON, "main.py", *worker_flags, "--slowdown", f"{slowdown:g}"],
+            child_env(opts.threads, {**dmlc, "DMLC_ROLE": "worker"}),
+        )
 
 
 def describe_failure(proc: Proc) -> str:
@@ -281,8 +321,10 @@ def describe_failure(proc: Proc) -> str:
     for line in tail.splitlines():
         if line.startswith("[worker ") and "/" in line:
             rank = f" (rank {line.split()[1].split('/')[0]})"
-    return (f"{proc.name}{rank}, pid {proc.popen.pid}, exited with code "
-            f"{proc.popen.returncode}; last output from {proc.log_path}:\n{tail}")
+    return (
+        f"{proc.name}{rank}, pid {proc.popen.pid}, exited with code "
+        f"{proc.popen.returncode}; last output from {proc.log_path}:\n{tail}"
+    )
 
 
 def supervise(opts: argparse.Namespace, cluster: Cluster, progress: Progress) -> None:
@@ -305,14 +347,18 @@ def supervise(opts: argparse.Namespace, cluster: Cluster, progress: Progress) ->
             if all(p.popen.poll() == 0 for p in ps_roles):
                 break
             if time.monotonic() - finished_at > 30:
-                raise LaunchError("workers finished but the scheduler/server did not exit "
-                                  "within 30 s")
+                raise LaunchError(
+                    "workers finished but the scheduler/server did not exit within 30 s"
+                )
         if opts.timeout and time.monotonic() - started > opts.timeout:
             raise LaunchError(f"the run took longer than --timeout {opts.timeout:g} s")
     progress.poll(final=True)
     acc = "n/a" if progress.last_acc is None else f"{progress.last_acc:.3f}"
-    print(f"[{progress.label}] finished: {progress.rounds} rounds in "
-          f"{time.monotonic() - started:.1f} s, last test acc {acc}", flush=True)
+    print(
+        f"[{progress.label}] finished: {progress.rounds} rounds in "
+        f"{time.monotonic() - started:.1f} s, last test acc {acc}",
+        flush=True,
+    )
 
 
 def _host_port(text: str) -> tuple[str, int]:
@@ -325,30 +371,61 @@ def _host_port(text: str) -> tuple[str, int]:
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         description="Run an emulated heterogeneous cluster on this machine. Flags not listed "
-        "here are forwarded to every main.py (see python main.py --help).")
+        "here are forwarded to every main.py (see python main.py --help)."
+    )
     p.add_argument("-w", "--workers", type=int, default=4, help="number of workers")
-    p.add_argument("--slowdowns", default="1",
-                   help="comma-separated emulated slowdown per worker, e.g. 1,1,4,16")
+    p.add_argument(
+        "--slowdowns",
+        default="1",
+        help="comma-separated emulated slowdown per worker, e.g. 1,1,4,16",
+    )
     p.add_argument("-m", "--mode", choices=("esync", "sync", "async", "local"), default="esync")
     p.add_argument("-dcasgd", "--dcasgd", type=int, choices=(0, 1), default=0)
-    p.add_argument("--compare", default="",
-                   help=f"run these modes in turn, then summary, draw and report "
-                   f"(choices: {','.join(COMPARE_MODES)})")
+    p.add_argument(
+        "--compare",
+        default="",
+        help=f"run these modes in turn, then summary, draw and report "
+        f"(choices: {','.join(COMPARE_MODES)})",
+    )
     p.add_argument("-n", "--network", default=config.NETWORK)
     p.add_argument("-ld", "--log-dir", dest="log_dir", default=config.LOG_DIR)
-    p.add_argument("-s", "--split-by-class", dest="split_by_class", type=int, choices=(0, 1),
-                   default=config.SPLIT_BY_CLASS)
-    p.add_argument("--threads", type=int, default=config.NUM_THREADS,
-                   help="OMP/MKL threads per worker process")
-    p.add_argument("--state-server", choices=("runserver", "gunicorn"), default="runserver",
-                   help="how to serve the State Server")
-    p.add_argument("--state-server-at", dest="state_server_at", type=_host_port, default=None,
-                   metavar="HOST:PORT", help="esync: use this running State Server instead of "
-                   "starting one")
-    p.add_argument("--target", type=float, default=0.9,
-                   help="--compare: accuracy for the time-to-accuracy table")
-    p.add_argument("--timeout", type=float, default=0.0,
-                   help="fail a mode that runs longer than this many seconds (0: no limit)")
+    p.add_argument(
+        "-s",
+        "--split-by-class",
+        dest="split_by_class",
+        type=int,
+        choices=(0, 1),
+        default=config.SPLIT_BY_CLASS,
+    )
+    p.add_argument(
+        "--threads", type=int, default=config.NUM_THREADS, help="OMP/MKL threads per worker process"
+    )
+    p.add_argument(
+        "--state-server",
+        choices=("runserver", "gunicorn"),
+        default="runserver",
+        help="how to serve the State Server",
+    )
+    p.add_argument(
+        "--state-server-at",
+        dest="state_server_at",
+        type=_host_port,
+        default=None,
+        metavar="HOST:PORT",
+        help="esync: use this running State Server instead of starting one",
+    )
+    p.add_argument(
+        "--target",
+        type=float,
+        default=0.9,
+        help="--compare: accuracy for the time-to-accuracy table",
+    )
+    p.add_argument(
+        "--timeout",
+        type=float,
+        default=0.0,
+        help="fail a mode that runs longer than this many seconds (0: no limit)",
+    )
     return p
 
 
@@ -365,17 +442,22 @@ def parse(argv: list[str] | None) -> tuple[argparse.Namespace, list[str]]:
     modes = [m.strip() for m in opts.compare.split(",") if m.strip()]
     bad = [m for m in modes if m not in COMPARE_MODES]
     if bad:
-        parser.error(f"--compare: unknown mode(s) {', '.join(bad)} "
-                     f"(choose from {', '.join(COMPARE_MODES)})")
+        parser.error(
+            f"--compare: unknown mode(s) {', '.join(bad)} (choose from {', '.join(COMPARE_MODES)})"
+        )
     if not modes:
         modes = ["dcasgd" if opts.mode == "async" and opts.dcasgd else opts.mode]
     opts.modes = modes
     if "--slowdown" in forwarded:
         parser.error("use --slowdowns (one value per worker) with launch.py")
     # main.py validates every forwarded flag before anything starts
-    check = subprocess.run([PYTHON, "main.py", *mode_flags(modes[0]), "-n", opts.network,
-                            *forwarded, "--help"], cwd=ROOT, capture_output=True, text=True,
-                           env=child_env(1))
+    check = subprocess.run(
+        [PYTHON, "main.py", *mode_flags(modes[0]), "-n", opts.network, *forwarded, "--help"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        env=child_env(1),
+    )
     if check.returncode != 0:
         sys.stderr.write(check.stderr)
         parser.exit(2)
@@ -392,8 +474,9 @@ def report(opts: argparse.Namespace) -> None:
     for mode in opts.modes:
         path = summary.write_summary(os.path.join(opts.log_dir, opts.network, mode + suffix))
         print(f"summary: {path}")
-    for path in draw.draw_all(opts.log_dir, opts.network, opts.target,
-                              os.path.join(opts.log_dir, opts.network)):
+    for path in draw.draw_all(
+        opts.log_dir, opts.network, opts.target, os.path.join(opts.log_dir, opts.network)
+    ):
         print(f"figure: {path}")
     # every mode with logs under <log_dir>/<network>/, so an iid and a -s 1 comparison that
     # share a log dir end up in one report
@@ -407,19 +490,26 @@ def report(opts: argparse.Namespace) -> None:
 def print_table(report: dict) -> None:
     """The headline numbers of report.json, one line per mode."""
     target = report["target"]
-    print(f"{'mode':<12} {f'to {target:.0%} (s)':>11} {'plateau acc':>11} {'samples/s':>10} "
-          f"{'MB/s':>7} {'min compute':>11} {'ESync speedup':>13}")
+    print(
+        f"{'mode':<12} {f'to {target:.0%} (s)':>11} {'plateau acc':>11} {'samples/s':>10} "
+        f"{'MB/s':>7} {'min compute':>11} {'ESync speedup':>13}"
+    )
     for mode, row in report["modes"].items():
         speedup = report["esync_vs"].get(mode, {}).get("speedup_to_target")
         cells = [
             "-" if row["time_to_target_s"] is None else f"{row['time_to_target_s']:.1f}",
             "-" if row.get("plateau_accuracy") is None else f"{row['plateau_accuracy']:.3f}",
-            f"{row['samples_per_s']:.0f}", f"{row['bytes_per_s'] / 1e6:.1f}",
-            "-" if row["min_compute_time_ratio"] is None
+            f"{row['samples_per_s']:.0f}",
+            f"{row['bytes_per_s'] / 1e6:.1f}",
+            "-"
+            if row["min_compute_time_ratio"] is None
             else f"{row['min_compute_time_ratio']:.2f}",
-            "-" if speedup is None else f"{speedup:.2f}x"]
-        print(f"{mode:<12} {cells[0]:>11} {cells[1]:>11} {cells[2]:>10} {cells[3]:>7} "
-              f"{cells[4]:>11} {cells[5]:>13}")
+            "-" if speedup is None else f"{speedup:.2f}x",
+        ]
+        print(
+            f"{mode:<12} {cells[0]:>11} {cells[1]:>11} {cells[2]:>10} {cells[3]:>7} "
+            f"{cells[4]:>11} {cells[5]:>13}"
+        )
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -55,9 +55,11 @@ def main(argv: list[str] | None = None) -> int:
 
     args = parse_args(argv)
     if role is None and args.mode != "local":
-        print(f"error: -m {args.mode} is distributed: start it with launch.py, or run this "
-              "command with DMLC_ROLE=worker and the DMLC_* variables (docs/deployment.md)",
-              file=sys.stderr)
+        print(
+            f"error: -m {args.mode} is distributed: start it with launch.py, or run this "
+            "command with DMLC_ROLE=worker and the DMLC_* variables (docs/deployment.md)",
+            file=sys.stderr,
+        )
         return 2
     if role == "worker" and args.mode == "local":
         print("error: -m local is standalone; unset DMLC_ROLE", file=sys.stderr)

@@ -43,8 +43,13 @@ from summary import (
     time_to_target,
 )
 
-FIGURES = ("accuracy_iid.png", "accuracy_niid.png", "throughput.png", "traffic.png",
-           "compute_ratio.png")
+FIGURES = (
+    "accuracy_iid.png",
+    "accuracy_niid.png",
+    "throughput.png",
+    "traffic.png",
+    "compute_ratio.png",
+)
 
 
 def mode_row(summary: dict[str, Any], target: float) -> dict[str, Any]:
@@ -78,8 +83,9 @@ def compare(esync: dict[str, Any], baseline: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def build_report(summaries: dict[str, dict[str, Any]], network: str,
-                 target: float) -> dict[str, Any]:
+def build_report(
+    summaries: dict[str, dict[str, Any]], network: str, target: float
+) -> dict[str, Any]:
     """The report.json content of the given mode summaries."""
     rows = {mode: mode_row(s, target) for mode, s in summaries.items()}
     versus = {}
@@ -96,9 +102,11 @@ def _fmt(value: float | None, fmt: str, missing: str = "-") -> str:
 
 def _mode_table(rows: dict[str, dict[str, Any]], target: float) -> list[str]:
     unit, scale = byte_unit(max(r["bytes_per_s"] for r in rows.values()))
-    lines = [f"| mode | split | workers | time to {target:.0%} (s) | final acc | plateau acc"
-             f" | best acc | samples/s | traffic ({unit}) | min compute ratio |",
-             "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    lines = [
+        f"| mode | split | workers | time to {target:.0%} (s) | final acc | plateau acc"
+        f" | best acc | samples/s | traffic ({unit}) | min compute ratio |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
     for mode, r in rows.items():
         lines.append(
             f"| {mode} | {r['split']} | {r['num_workers']}"
@@ -106,44 +114,64 @@ def _mode_table(rows: dict[str, dict[str, Any]], target: float) -> list[str]:
             f" | {_fmt(r['final_accuracy'], '.2%')} | {_fmt(r.get('plateau_accuracy'), '.2%')}"
             f" | {_fmt(r['best_accuracy'], '.2%')}"
             f" | {r['samples_per_s']:,.1f} | {r['bytes_per_s'] / scale:,.1f}"
-            f" | {_fmt(r['min_compute_time_ratio'], '.3f')} |")
+            f" | {_fmt(r['min_compute_time_ratio'], '.3f')} |"
+        )
     return lines
 
 
 def _versus_table(versus: dict[str, dict[str, Any]]) -> list[str]:
     if not versus:
         return ["No ESync run next to a baseline of the same split: no comparison."]
-    lines = ["| ESync vs | speedup to target | throughput ratio | traffic ratio"
-             " | final acc diff (pp) | plateau acc diff (pp) |", "|---|---:|---:|---:|---:|---:|"]
+    lines = [
+        "| ESync vs | speedup to target | throughput ratio | traffic ratio"
+        " | final acc diff (pp) | plateau acc diff (pp) |",
+        "|---|---:|---:|---:|---:|---:|",
+    ]
     for mode, v in versus.items():
-        diff, plateau = (None if v.get(k) is None else 100 * v[k]
-                         for k in ("final_accuracy_diff", "plateau_accuracy_diff"))
-        lines.append(f"| {mode} ({v['esync_mode']}) | {_fmt(v['speedup_to_target'], '.2f')}"
-                     f" | {_fmt(v['throughput_ratio'], '.2f')}"
-                     f" | {_fmt(v['traffic_ratio'], '.2f')} | {_fmt(diff, '+.2f')}"
-                     f" | {_fmt(plateau, '+.2f')} |")
+        diff, plateau = (
+            None if v.get(k) is None else 100 * v[k]
+            for k in ("final_accuracy_diff", "plateau_accuracy_diff")
+        )
+        lines.append(
+            f"| {mode} ({v['esync_mode']}) | {_fmt(v['speedup_to_target'], '.2f')}"
+            f" | {_fmt(v['throughput_ratio'], '.2f')}"
+            f" | {_fmt(v['traffic_ratio'], '.2f')} | {_fmt(diff, '+.2f')}"
+            f" | {_fmt(plateau, '+.2f')} |"
+        )
     return lines
 
 
 def render_markdown(report: dict[str, Any], folder: Path) -> str:
     """report.md text; embeds the figures of ``FIGURES`` that exist in ``folder``."""
-    lines = [f"# {report['network']}: ESync vs baselines", "",
-             f"Target accuracy: {report['target']:.1%}. Times are wall-clock seconds of rank 0"
-             " since it started training; rates are cluster totals over the run duration.", "",
-             "## Per mode", "", *_mode_table(report["modes"], report["target"]), "",
-             "## ESync vs each baseline", "",
-             "speedup = baseline time / ESync time; throughput and traffic ratios = ESync /"
-             " baseline; accuracy diff = ESync - baseline in percentage points;"
-             " '-' = not available (target not reached or zero denominator).", "",
-             *_versus_table(report["esync_vs"]), "", "## Figures", ""]
+    lines = [
+        f"# {report['network']}: ESync vs baselines",
+        "",
+        f"Target accuracy: {report['target']:.1%}. Times are wall-clock seconds of rank 0"
+        " since it started training; rates are cluster totals over the run duration.",
+        "",
+        "## Per mode",
+        "",
+        *_mode_table(report["modes"], report["target"]),
+        "",
+        "## ESync vs each baseline",
+        "",
+        "speedup = baseline time / ESync time; throughput and traffic ratios = ESync /"
+        " baseline; accuracy diff = ESync - baseline in percentage points;"
+        " '-' = not available (target not reached or zero denominator).",
+        "",
+        *_versus_table(report["esync_vs"]),
+        "",
+        "## Figures",
+        "",
+    ]
     figures = [name for name in FIGURES if (folder / name).exists()]
     lines += [f"![{name[:-4]}]({name})\n" for name in figures] or [
-        "No figures yet: run `python draw.py` first (or `report.py --draw`)."]
+        "No figures yet: run `python draw.py` first (or `report.py --draw`)."
+    ]
     return "\n".join(lines).rstrip() + "\n"
 
 
-def write_report(base: str, network: str, modes: list[str],
-                 target: float) -> tuple[str, str]:
+def write_report(base: str, network: str, modes: list[str], target: float) -> tuple[str, str]:
     """Write ``<base>/<network>/report.md`` and ``report.json``; return both paths."""
     folder = Path(base) / network
     summaries = {mode: load_summary(folder / mode) for mode in modes}
@@ -159,10 +187,12 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description="Write report.md / report.json of a network")
     parser.add_argument("-b", "--base", default="logs", help="log directory (default: logs)")
     parser.add_argument("-n", "--network", required=True, help="network name, e.g. lenet")
-    parser.add_argument("--modes", default="",
-                        help="comma-separated mode folders (default: every one found)")
-    parser.add_argument("--target", type=float, default=0.9,
-                        help="test accuracy for time-to-target (default: 0.9)")
+    parser.add_argument(
+        "--modes", default="", help="comma-separated mode folders (default: every one found)"
+    )
+    parser.add_argument(
+        "--target", type=float, default=0.9, help="test accuracy for time-to-target (default: 0.9)"
+    )
     parser.add_argument("--draw", action="store_true", help="run draw.py's draw_all first")
     return parser.parse_args(argv)
 
@@ -174,8 +204,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         modes = modes or list(load_all(args.base, args.network))
         if not modes:
-            raise SummaryError(f"no mode of {', '.join(ALL_MODES)} under "
-                               f"{Path(args.base) / args.network}")
+            raise SummaryError(
+                f"no mode of {', '.join(ALL_MODES)} under {Path(args.base) / args.network}"
+            )
         if args.draw:
             from draw import draw_all
 

@@ -227,8 +227,10 @@ def summarize(mode_dir: str | os.PathLike[str]) -> dict[str, Any]:
     workers = [load_worker(folder) for folder in find_workers(mode_dir)]
     metas = [meta for meta, _ in workers]
     _check_workers(mode_dir, metas)
-    stats = sorted((worker_stats(m, r) for m, r in workers),
-                   key=lambda w: (w["rank"] is None, w["rank"] or 0, str(w["host"])))
+    stats = sorted(
+        (worker_stats(m, r) for m, r in workers),
+        key=lambda w: (w["rank"] is None, w["rank"] or 0, str(w["host"])),
+    )
     duration = max(w["wall_s"] for w in stats)
     samples = sum(w["samples"] for w in stats)
     nbytes = sum(w["bytes"] for w in stats)
@@ -325,8 +327,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description="Write <base>/<network>/<mode>/summary.json")
     parser.add_argument("-b", "--base", default="logs", help="log directory (default: logs)")
     parser.add_argument("-n", "--network", required=True, help="network name, e.g. lenet")
-    parser.add_argument("-m", "--mode", required=True,
-                        help=f"mode folder, one of {', '.join(ALL_MODES)}")
+    parser.add_argument(
+        "-m", "--mode", required=True, help=f"mode folder, one of {', '.join(ALL_MODES)}"
+    )
     return parser.parse_args(argv)
 
 

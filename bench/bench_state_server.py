@@ -49,12 +49,25 @@ def server_command(kind: str, port: int, threads: int) -> tuple[list[str], dict[
     """Command line and extra environment of a server kind."""
     env = {"ESYNC_PLAIN_RUNSERVER": "1"} if kind == "plain-runserver" else {}
     if kind in ("runserver", "plain-runserver"):
-        return [PYTHON, str(SERVER_DIR / "manage.py"), "runserver", "--noreload",
-                "--skip-checks", f"127.0.0.1:{port}"], env
+        return [
+            PYTHON,
+            str(SERVER_DIR / "manage.py"),
+            "runserver",
+            "--noreload",
+            "--skip-checks",
+            f"127.0.0.1:{port}",
+        ], env
     if kind == "gunicorn":
         env["ESYNC_THREADS"] = str(threads)
-        return [PYTHON, "-m", "gunicorn", "-c", str(SERVER_DIR / "gunicorn.conf.py"),
-                "-b", f"127.0.0.1:{port}"], env
+        return [
+            PYTHON,
+            "-m",
+            "gunicorn",
+            "-c",
+            str(SERVER_DIR / "gunicorn.conf.py"),
+            "-b",
+            f"127.0.0.1:{port}",
+        ], env
     raise ValueError(f"unknown server kind {kind!r}")
 
 
@@ -64,8 +77,14 @@ def start_server(kind: str, threads: int) -> tuple[subprocess.Popen, int]:
     cmd, extra = server_command(kind, port, threads)
     env = {**os.environ, **extra}
     env.pop("ESYNC_TOKEN", None)
-    proc = subprocess.Popen(cmd, cwd=ROOT, env=env, start_new_session=True,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        cmd,
+        cwd=ROOT,
+        env=env,
+        start_new_session=True,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
         if proc.poll() is not None:
@@ -141,8 +160,10 @@ def http_request(port: int, method: str, path: str, obj: dict | None = None) -> 
 
 # --- load generator -------------------------------------------------------------------
 
-_HEAD = (b"POST /msg/ HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
-         b"Content-Length: %d\r\n\r\n")
+_HEAD = (
+    b"POST /msg/ HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+    b"Content-Length: %d\r\n\r\n"
+)
 
 
 def _read_response(rfile) -> tuple[int, bytes]:
@@ -157,8 +178,7 @@ def _read_response(rfile) -> tuple[int, bytes]:
     return status, rfile.read(length)
 
 
-def _client(port: int, rank: int, measure_from: float,
-            stop_at: float) -> tuple[list, int, int]:
+def _client(port: int, rank: int, measure_from: float, stop_at: float) -> tuple[list, int, int]:
     """Closed loop of one worker rank; returns (latencies in window, errors, resets in it)."""
     from time import perf_counter
     from time import time as wall
@@ -188,15 +208,20 @@ def _client(port: int, rank: int, measure_from: float,
                 body = b'{"msg_type":"reset","rank":%d,"t":%d,"te":%.6f}' % (rank, t, wall())
             else:
                 k += 1
-                body = (b'{"msg_type":"query","rank":%d,"k":%d,"c":%.4f,"te":%.6f}'
-                        % (rank, k, c, wall()))
+                body = b'{"msg_type":"query","rank":%d,"k":%d,"c":%.4f,"te":%.6f}' % (
+                    rank,
+                    k,
+                    c,
+                    wall(),
+                )
     finally:
         rfile.close()
         sock.close()
 
 
-def _process(port: int, ranks: list[int], measure_from: float, stop_at: float,
-             out: mp.Queue) -> None:
+def _process(
+    port: int, ranks: list[int], measure_from: float, stop_at: float, out: mp.Queue
+) -> None:
     """One client process: a thread per rank."""
     from concurrent.futures import ThreadPoolExecutor
 
@@ -235,11 +260,13 @@ def percentile(sorted_vals: list[float], q: float) -> float:
     return sorted_vals[idx]
 
 
-def run_level(server: str, port: int, pgid: int, clients: int, procs: int, warmup: float,
-              duration: float) -> Result:
+def run_level(
+    server: str, port: int, pgid: int, clients: int, procs: int, warmup: float, duration: float
+) -> Result:
     """Init for ``clients`` workers, run the closed loops, aggregate."""
-    status, _ = http_request(port, "POST", "/msg/",
-                             {"msg_type": "reset", "num_workers": clients, "epsilon": 0.002})
+    status, _ = http_request(
+        port, "POST", "/msg/", {"msg_type": "reset", "num_workers": clients, "epsilon": 0.002}
+    )
     assert status == 200, status
     procs = max(1, min(procs, clients))
     ctx = mp.get_context("fork")
@@ -247,11 +274,15 @@ def run_level(server: str, port: int, pgid: int, clients: int, procs: int, warmu
     start = time.perf_counter() + 0.3  # let the processes fork and connect
     measure_from, stop_at = start + warmup, start + warmup + duration
     ranks = [list(range(clients))[i::procs] for i in range(procs)]
-    workers = [ctx.Process(target=_process, args=(port, rs, measure_from, stop_at, out))
-               for rs in ranks]
+    workers = [
+        ctx.Process(target=_process, args=(port, rs, measure_from, stop_at, out)) for rs in ranks
+    ]
     cpu_before = group_cpu_seconds(pgid)
-    busy_before, own_before, wall_before = machine_busy_seconds(), own_cpu_seconds(), \
-        time.monotonic()
+    busy_before, own_before, wall_before = (
+        machine_busy_seconds(),
+        own_cpu_seconds(),
+        time.monotonic(),
+    )
     for w in workers:
         w.start()
     lat: list[float] = []
@@ -267,9 +298,19 @@ def run_level(server: str, port: int, pgid: int, clients: int, procs: int, warmu
     other = (machine_busy_seconds() - busy_before) - cpu - (own_cpu_seconds() - own_before)
     other_frac = max(other, 0.0) / ((time.monotonic() - wall_before) * (os.cpu_count() or 1))
     lat.sort()
-    return Result(server, clients, procs, len(lat), errors, duration,
-                  percentile(lat, 50) * 1e3, percentile(lat, 99) * 1e3, cpu, other_frac,
-                  resets)
+    return Result(
+        server,
+        clients,
+        procs,
+        len(lat),
+        errors,
+        duration,
+        percentile(lat, 50) * 1e3,
+        percentile(lat, 99) * 1e3,
+        cpu,
+        other_frac,
+        resets,
+    )
 
 
 def hot_path(port: int, n: int) -> dict[str, tuple[float, float]]:
@@ -293,8 +334,10 @@ def hot_path(port: int, n: int) -> dict[str, tuple[float, float]]:
     session, lat = requests.Session(), []
     for k in range(n):
         t0 = time.perf_counter()
-        r = session.post(f"http://127.0.0.1:{port}/msg/", json={
-            "msg_type": "query", "rank": 1, "k": k, "c": 0.01, "te": time.time()})
+        r = session.post(
+            f"http://127.0.0.1:{port}/msg/",
+            json={"msg_type": "query", "rank": 1, "k": k, "c": 0.01, "te": time.time()},
+        )
         r.json()
         lat.append(time.perf_counter() - t0)
     session.close()
@@ -306,8 +349,11 @@ def hot_path(port: int, n: int) -> dict[str, tuple[float, float]]:
 def main(argv: list[str] | None = None) -> int:
     """Run the benchmark and print the tables."""
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--servers", default="runserver,gunicorn",
-                    help="comma list of runserver, gunicorn, plain-runserver")
+    ap.add_argument(
+        "--servers",
+        default="runserver,gunicorn",
+        help="comma list of runserver, gunicorn, plain-runserver",
+    )
     ap.add_argument("--clients", default="1,8,32,64")
     ap.add_argument("--procs", type=int, default=2, help="client processes (at most)")
     ap.add_argument("--threads", type=int, default=8, help="gunicorn gthread threads")
@@ -322,30 +368,40 @@ def main(argv: list[str] | None = None) -> int:
         proc, port = start_server(server, args.threads)
         try:
             for clients in (int(c) for c in args.clients.split(",")):
-                res = run_level(server, port, proc.pid, clients, args.procs, args.warmup,
-                                args.duration)
+                res = run_level(
+                    server, port, proc.pid, clients, args.procs, args.warmup, args.duration
+                )
                 rows.append(res)
-                print(f"# {server} {clients} clients: {res.rate:.0f} req/s, p50 "
-                      f"{res.p50_ms:.2f} ms, p99 {res.p99_ms:.2f} ms, errors {res.errors}",
-                      file=sys.stderr, flush=True)
+                print(
+                    f"# {server} {clients} clients: {res.rate:.0f} req/s, p50 "
+                    f"{res.p50_ms:.2f} ms, p99 {res.p99_ms:.2f} ms, errors {res.errors}",
+                    file=sys.stderr,
+                    flush=True,
+                )
             if args.hot_path:
                 hot[server] = hot_path(port, args.hot_path)
         finally:
             stop_server(proc)
-    print(f"{os.cpu_count()} CPUs, Python {sys.version.split()[0]}, {args.duration:g} s per "
-          f"level after {args.warmup:g} s warm-up, at most {args.procs} client processes; "
-          f"1-min load average {load_before:.2f} before, {os.getloadavg()[0]:.2f} after. "
-          "'other processes' CPU' is the share of all CPUs that processes other than the "
-          "server and the clients used during the level: it skews every number.\n")
-    print("| server | clients | client procs | requests/s | of which queries/s | p50 ms "
-          "| p99 ms | errors | server CPU µs/request | other processes' CPU |")
+    print(
+        f"{os.cpu_count()} CPUs, Python {sys.version.split()[0]}, {args.duration:g} s per "
+        f"level after {args.warmup:g} s warm-up, at most {args.procs} client processes; "
+        f"1-min load average {load_before:.2f} before, {os.getloadavg()[0]:.2f} after. "
+        "'other processes' CPU' is the share of all CPUs that processes other than the "
+        "server and the clients used during the level: it skews every number.\n"
+    )
+    print(
+        "| server | clients | client procs | requests/s | of which queries/s | p50 ms "
+        "| p99 ms | errors | server CPU µs/request | other processes' CPU |"
+    )
     print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     for r in rows:
         total = r.rate * (r.seconds + args.warmup + 0.3)  # CPU was measured over all of it
-        print(f"| {r.server} | {r.clients} | {r.procs} | {r.rate:.0f} | "
-              f"{(r.requests - r.resets) / r.seconds:.0f} | {r.p50_ms:.2f} | "
-              f"{r.p99_ms:.2f} | {r.errors} | {r.server_cpu_s / total * 1e6:.0f} | "
-              f"{r.other_cpu_frac:.0%} |")
+        print(
+            f"| {r.server} | {r.clients} | {r.procs} | {r.rate:.0f} | "
+            f"{(r.requests - r.resets) / r.seconds:.0f} | {r.p50_ms:.2f} | "
+            f"{r.p99_ms:.2f} | {r.errors} | {r.server_cpu_s / total * 1e6:.0f} | "
+            f"{r.other_cpu_frac:.0%} |"
+        )
     if hot:
         print("\n| server | 1 client, sequential queries | p50 ms | p99 ms |")
         print("|---|---|---:|---:|")

@@ -37,10 +37,14 @@ def breakdown(mode_dir: str) -> list[dict]:
             wall = records[-1]["time"]
             iters = sum(r["local_iterations"] for r in records)
             queries = sum(max(0, r["local_iterations"] - 1) + 1 for r in records)
-            row = {"worker": f"{host}/{name}", "slowdown": meta.get("slowdown", 1.0),
-                   "rounds": len(records), "iters_per_round": iters / len(records),
-                   "ms_per_batch": 1e3 * sum(r["compute_s"] for r in records) / max(iters, 1),
-                   "ms_per_query": 1e3 * sum(r["query_s"] for r in records) / queries}
+            row = {
+                "worker": f"{host}/{name}",
+                "slowdown": meta.get("slowdown", 1.0),
+                "rounds": len(records),
+                "iters_per_round": iters / len(records),
+                "ms_per_batch": 1e3 * sum(r["compute_s"] for r in records) / max(iters, 1),
+                "ms_per_query": 1e3 * sum(r["query_s"] for r in records) / queries,
+            }
             for part in PARTS:
                 row[part] = sum(r[part] for r in records) / wall if wall else 0.0
             rows.append(row)
@@ -62,13 +66,18 @@ def main(argv: list[str] | None = None) -> int:
     except SummaryError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    print(f"| {args.mode} worker | S | rounds | iters/round | ms/batch | ms/query | compute "
-          "| query | kvstore | eval | other |")
+    print(
+        f"| {args.mode} worker | S | rounds | iters/round | ms/batch | ms/query | compute "
+        "| query | kvstore | eval | other |"
+    )
     print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     for r in sorted(rows, key=lambda r: -r["slowdown"]):
-        print(f"| {r['worker']} | {r['slowdown']:g} | {r['rounds']} | "
-              f"{r['iters_per_round']:.1f} | {r['ms_per_batch']:.1f} | {r['ms_per_query']:.2f} | "
-              + " | ".join(f"{100 * r[p]:.0f}%" for p in PARTS) + " |")
+        print(
+            f"| {r['worker']} | {r['slowdown']:g} | {r['rounds']} | "
+            f"{r['iters_per_round']:.1f} | {r['ms_per_batch']:.1f} | {r['ms_per_query']:.2f} | "
+            + " | ".join(f"{100 * r[p]:.0f}%" for p in PARTS)
+            + " |"
+        )
     return 0
 
 

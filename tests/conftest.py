@@ -24,8 +24,14 @@ def child_env(**extra: str) -> dict[str, str]:
 
 def run_py(args: list[str], timeout: float = 300, **env: str) -> subprocess.CompletedProcess:
     """Run ``python <args>`` from the repo root and capture its output."""
-    return subprocess.run([PYTHON, *args], cwd=ROOT, env=child_env(**env), capture_output=True,
-                          text=True, timeout=timeout)
+    return subprocess.run(
+        [PYTHON, *args],
+        cwd=ROOT,
+        env=child_env(**env),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
 
 
 def read_rounds(folder: str) -> list[dict]:

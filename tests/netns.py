@@ -45,8 +45,7 @@ def available() -> tuple[bool, str]:
 
 
 def _ip(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(["ip", *args], capture_output=True, text=True, check=check,
-                          timeout=30)
+    return subprocess.run(["ip", *args], capture_output=True, text=True, check=check, timeout=30)
 
 
 def list_netns() -> list[str]:
@@ -86,8 +85,19 @@ class Host:
 
     def wrap(self, argv: Sequence[str]) -> list[str]:
         """``argv`` run inside this host's network namespace, under this host's hostname."""
-        return ["ip", "netns", "exec", self.netns, "unshare", "--uts", "sh", "-c",
-                'hostname "$0" && exec "$@"', self.name, *argv]
+        return [
+            "ip",
+            "netns",
+            "exec",
+            self.netns,
+            "unshare",
+            "--uts",
+            "sh",
+            "-c",
+            'hostname "$0" && exec "$@"',
+            self.name,
+            *argv,
+        ]
 
 
 @dataclass
@@ -127,8 +137,21 @@ class Network:
             netns = f"{self.tag}-{name}"
             self._add_netns(netns)
             port = f"p{i}"
-            _ip("link", "add", "name", self.nic, "netns", netns, "type", "veth",
-                "peer", "name", port, "netns", self.switch)
+            _ip(
+                "link",
+                "add",
+                "name",
+                self.nic,
+                "netns",
+                netns,
+                "type",
+                "veth",
+                "peer",
+                "name",
+                port,
+                "netns",
+                self.switch,
+            )
             _ip("-n", self.switch, "link", "set", port, "master", "br0", "up")
             address = f"{SUBNET}.{i}"
             _ip("-n", netns, "addr", "add", f"{address}/24", "dev", self.nic)
@@ -186,8 +209,13 @@ class Processes(Cluster):
 
     marker: str = field(default_factory=lambda: f"{PREFIX}{os.getpid()}-{time.time_ns()}")
 
-    def start(self, name: str, argv: Sequence[str], env: dict[str, str],  # type: ignore[override]
-              cwd: str) -> Proc:
+    def start(
+        self,
+        name: str,
+        argv: Sequence[str],
+        env: dict[str, str],  # type: ignore[override]
+        cwd: str,
+    ) -> Proc:
         return super().start(name, "test", list(argv), {**env, MARKER_VAR: self.marker}, cwd)
 
     def stop_all(self, grace: float = 5.0) -> None:

@@ -20,8 +20,12 @@ def test_unknown_mode_lists_choices() -> None:
 
 
 def test_bad_numbers_are_argparse_errors() -> None:
-    for flags, word in ((["--slowdown", "0.5"], "slowdown"), (["-b", "0"], "batch"),
-                        (["-dcasgd", "2"], "dcasgd"), (["-port", "70000"], "port")):
+    for flags, word in (
+        (["--slowdown", "0.5"], "slowdown"),
+        (["-b", "0"], "batch"),
+        (["-dcasgd", "2"], "dcasgd"),
+        (["-port", "70000"], "port"),
+    ):
         res = run_py(["main.py", *flags], timeout=60)
         assert res.returncode == 2, flags
         assert word in res.stderr, (flags, res.stderr)
@@ -47,8 +51,15 @@ def test_worker_with_missing_dmlc_variables_fails_without_hanging() -> None:
 
 
 def test_server_with_inconsistent_dmlc_variables_fails() -> None:
-    res = run_py(["main.py"], timeout=60, DMLC_ROLE="server", DMLC_PS_ROOT_URI="127.0.0.1",
-                 DMLC_PS_ROOT_PORT="notaport", DMLC_NUM_SERVER="1", DMLC_NUM_WORKER="0")
+    res = run_py(
+        ["main.py"],
+        timeout=60,
+        DMLC_ROLE="server",
+        DMLC_PS_ROOT_URI="127.0.0.1",
+        DMLC_PS_ROOT_PORT="notaport",
+        DMLC_NUM_SERVER="1",
+        DMLC_NUM_WORKER="0",
+    )
     assert res.returncode == 2
     assert "DMLC_PS_ROOT_PORT='notaport' is not an integer" in res.stderr
     assert "DMLC_NUM_WORKER=0 is out of range" in res.stderr
@@ -60,9 +71,16 @@ def test_unknown_role() -> None:
 
 
 def test_scheduler_unreachable_worker_times_out_with_message() -> None:
-    res = run_py(["main.py", "-m", "sync", "--connect-timeout", "3"], timeout=120,
-                 DMLC_ROLE="worker", DMLC_PS_ROOT_URI="127.0.0.1", DMLC_PS_ROOT_PORT="1",
-                 DMLC_NUM_SERVER="1", DMLC_NUM_WORKER="2", DMLC_INTERFACE="lo")
+    res = run_py(
+        ["main.py", "-m", "sync", "--connect-timeout", "3"],
+        timeout=120,
+        DMLC_ROLE="worker",
+        DMLC_PS_ROOT_URI="127.0.0.1",
+        DMLC_PS_ROOT_PORT="1",
+        DMLC_NUM_SERVER="1",
+        DMLC_NUM_WORKER="2",
+        DMLC_INTERFACE="lo",
+    )
     assert res.returncode == 3
     assert "did not form within 3 s" in res.stderr and "127.0.0.1:1" in res.stderr
 
@@ -84,8 +102,9 @@ def test_launcher_rejects_bad_flags_before_starting_anything(log_dir) -> None:
 
 
 def test_missing_gpu_falls_back_to_cpu_with_a_warning(log_dir) -> None:
-    res = run_py(["main.py", "-m", "local", "-g", "7", "--rounds", "2", "-ld", log_dir],
-                 timeout=120)
+    res = run_py(
+        ["main.py", "-m", "local", "-g", "7", "--rounds", "2", "-ld", log_dir], timeout=120
+    )
     assert res.returncode == 0, res.stderr
     assert "GPU 7 asked for" in res.stderr and "using the CPU" in res.stderr
     assert "on cpu" in res.stdout

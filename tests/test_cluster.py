@@ -25,20 +25,45 @@ from conftest import (
 pytestmark = pytest.mark.slow
 
 
-def launch(log_dir: str, mode: str, workers: int, slowdowns: str, rounds: int, *extra: str,
-           timeout: float = 240) -> subprocess.CompletedProcess:
+def launch(
+    log_dir: str,
+    mode: str,
+    workers: int,
+    slowdowns: str,
+    rounds: int,
+    *extra: str,
+    timeout: float = 240,
+) -> subprocess.CompletedProcess:
     flags = ["-m", "async", "-dcasgd", "1"] if mode == "dcasgd" else ["-m", mode]
-    return run_py(["launch.py", "-w", str(workers), "--slowdowns", slowdowns, *flags,
-                   "-n", "lenet", "--rounds", str(rounds), "-ld", log_dir,
-                   "--timeout", str(timeout - 30), *extra], timeout=timeout)
+    return run_py(
+        [
+            "launch.py",
+            "-w",
+            str(workers),
+            "--slowdowns",
+            slowdowns,
+            *flags,
+            "-n",
+            "lenet",
+            "--rounds",
+            str(rounds),
+            "-ld",
+            log_dir,
+            "--timeout",
+            str(timeout - 30),
+            *extra,
+        ],
+        timeout=timeout,
+    )
 
 
 def accuracies(records: list[dict]) -> list[float]:
     return [r["test_acc"] for r in records if "test_acc" in r]
 
 
-@pytest.mark.parametrize(("mode", "rounds"), [("esync", 40), ("sync", 80), ("async", 160),
-                                               ("dcasgd", 160)])
+@pytest.mark.parametrize(
+    ("mode", "rounds"), [("esync", 40), ("sync", 80), ("async", 160), ("dcasgd", 160)]
+)
 def test_mode_completes_and_learns(log_dir: str, mode: str, rounds: int) -> None:
     res = launch(log_dir, mode, 3, "1,1,2", rounds, "-e", str(rounds // 4))
     assert res.returncode == 0, res.stdout + res.stderr
@@ -71,7 +96,8 @@ def test_esync_fast_workers_do_more_local_iterations(log_dir: str) -> None:
             slowdown = json.load(fh)["slowdown"]
         # the first round includes start-up skew; judge the steady state
         per_worker.setdefault(slowdown, []).append(
-            [r["local_iterations"] for r in read_rounds(folder)][1:])
+            [r["local_iterations"] for r in read_rounds(folder)][1:]
+        )
     (slow,) = per_worker[8.0]
     assert statistics.median(slow) <= 2, slow
     for fast in per_worker[1.0]:
@@ -80,17 +106,26 @@ def test_esync_fast_workers_do_more_local_iterations(log_dir: str) -> None:
 
 
 def _start_launcher(log_dir: str, *flags: str) -> subprocess.Popen:
-    return subprocess.Popen([PYTHON, "launch.py", *flags, "-n", "lenet", "-ld", log_dir],
-                            cwd=ROOT, env=child_env(), stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, start_new_session=True)
+    return subprocess.Popen(
+        [PYTHON, "launch.py", *flags, "-n", "lenet", "-ld", log_dir],
+        cwd=ROOT,
+        env=child_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
 
 
 def _wait_for_rounds(log_dir: str, mode_dir: str, proc: subprocess.Popen) -> dict[str, int]:
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:
         assert proc.poll() is None, proc.communicate()
-        folders = worker_folders(log_dir, "lenet", mode_dir) if os.path.isdir(
-            os.path.join(log_dir, "lenet", mode_dir)) else {}
+        folders = (
+            worker_folders(log_dir, "lenet", mode_dir)
+            if os.path.isdir(os.path.join(log_dir, "lenet", mode_dir))
+            else {}
+        )
         if folders and all(read_rounds(f) for f in folders.values()) and len(folders) == 3:
             return launched_pids(log_dir, "lenet", mode_dir)
         time.sleep(0.5)
@@ -104,8 +139,9 @@ def _port_free(port: int) -> bool:
 
 
 def test_ctrl_c_stops_every_process(log_dir: str) -> None:
-    proc = _start_launcher(log_dir, "-w", "3", "--slowdowns", "1,1,4", "-m", "esync",
-                           "--rounds", "100000")
+    proc = _start_launcher(
+        log_dir, "-w", "3", "--slowdowns", "1,1,4", "-m", "esync", "--rounds", "100000"
+    )
     try:
         pids = _wait_for_rounds(log_dir, "esync", proc)
         ports = []
@@ -127,8 +163,9 @@ def test_ctrl_c_stops_every_process(log_dir: str) -> None:
 
 
 def test_dead_worker_stops_the_run_and_names_its_rank(log_dir: str) -> None:
-    proc = _start_launcher(log_dir, "-w", "3", "--slowdowns", "1,1,1", "-m", "sync",
-                           "--rounds", "100000")
+    proc = _start_launcher(
+        log_dir, "-w", "3", "--slowdowns", "1,1,1", "-m", "sync", "--rounds", "100000"
+    )
     try:
         pids = _wait_for_rounds(log_dir, "sync", proc)
         os.kill(pids["worker1"], signal.SIGKILL)
@@ -142,8 +179,18 @@ def test_dead_worker_stops_the_run_and_names_its_rank(log_dir: str) -> None:
 
 
 def test_failing_worker_at_start_is_reported(log_dir: str, tmp_path) -> None:
-    res = launch(log_dir, "sync", 2, "1", 5, "--dataset", "fashion-mnist", "-dd",
-                 str(tmp_path / "nodata"), timeout=120)
+    res = launch(
+        log_dir,
+        "sync",
+        2,
+        "1",
+        5,
+        "--dataset",
+        "fashion-mnist",
+        "-dd",
+        str(tmp_path / "nodata"),
+        timeout=120,
+    )
     assert res.returncode == 1
     assert "FAILED" in res.stderr and "exited with code 2" in res.stderr
     assert "train-images-idx3-ubyte" in res.stderr
@@ -154,8 +201,18 @@ def test_unreachable_state_server_fails_with_its_url(log_dir: str) -> None:
     with socket.socket() as sock:  # a port nobody listens on
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
-    res = launch(log_dir, "esync", 2, "1", 5, "--state-server-at", f"127.0.0.1:{port}",
-                 "--state-retry", "2", timeout=120)
+    res = launch(
+        log_dir,
+        "esync",
+        2,
+        "1",
+        5,
+        "--state-server-at",
+        f"127.0.0.1:{port}",
+        "--state-retry",
+        "2",
+        timeout=120,
+    )
     assert res.returncode == 1, res.stdout + res.stderr
     assert "(rank 0)" in res.stderr and "exited with code 4" in res.stderr
     assert f"http://127.0.0.1:{port}" in res.stderr and "State Server" in res.stderr
@@ -164,9 +221,30 @@ def test_unreachable_state_server_fails_with_its_url(log_dir: str) -> None:
 
 def test_esync_with_batchnorm_network_keeps_workers_identical(log_dir: str) -> None:
     """resnet18-v1 has BatchNorm: its running statistics are averaged into the checksum too."""
-    res = run_py(["launch.py", "-w", "2", "--slowdowns", "1,2", "-m", "esync", "-n",
-                  "resnet18-v1", "-b", "8", "--rounds", "3", "-e", "3", "-ld", log_dir,
-                  "--timeout", "200"], timeout=240)
+    res = run_py(
+        [
+            "launch.py",
+            "-w",
+            "2",
+            "--slowdowns",
+            "1,2",
+            "-m",
+            "esync",
+            "-n",
+            "resnet18-v1",
+            "-b",
+            "8",
+            "--rounds",
+            "3",
+            "-e",
+            "3",
+            "-ld",
+            log_dir,
+            "--timeout",
+            "200",
+        ],
+        timeout=240,
+    )
     assert res.returncode == 0, res.stdout + res.stderr
     folders = worker_folders(log_dir, "resnet18-v1", "esync")
     records = {rank: read_rounds(folder) for rank, folder in folders.items()}

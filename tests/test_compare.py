@@ -16,9 +16,32 @@ MODES = ("esync", "sync", "local")
 
 
 def test_compare_writes_consistent_report(log_dir: str) -> None:
-    res = run_py(["launch.py", "--compare", ",".join(MODES), "-w", "3", "--slowdowns", "1,1,4",
-                  "-n", "lenet", "--rounds", "100000", "--max-time", "6", "-e", "3",
-                  "--target", "0.5", "-ld", log_dir, "--timeout", "120"], timeout=400)
+    res = run_py(
+        [
+            "launch.py",
+            "--compare",
+            ",".join(MODES),
+            "-w",
+            "3",
+            "--slowdowns",
+            "1,1,4",
+            "-n",
+            "lenet",
+            "--rounds",
+            "100000",
+            "--max-time",
+            "6",
+            "-e",
+            "3",
+            "--target",
+            "0.5",
+            "-ld",
+            log_dir,
+            "--timeout",
+            "120",
+        ],
+        timeout=400,
+    )
     assert res.returncode == 0, res.stdout + res.stderr
     base = os.path.join(log_dir, "lenet")
     for png in ("accuracy_iid.png", "throughput.png", "traffic.png", "compute_ratio.png"):
@@ -38,7 +61,8 @@ def test_compare_writes_consistent_report(log_dir: str) -> None:
         assert row["samples_per_s"] == pytest.approx(summ["samples_per_s"])
         assert row["bytes_per_s"] == pytest.approx(summ["bytes_per_s"])
         assert row["min_compute_time_ratio"] == pytest.approx(
-            min(w["compute_time_ratio"] for w in summ["workers"]))
+            min(w["compute_time_ratio"] for w in summ["workers"])
+        )
         assert row["time_to_target_s"] == time_to_target(summ["accuracy"], 0.5)
         assert 5.0 <= summ["duration_s"] < 15.0
     vs = report["esync_vs"]["sync"]
@@ -46,10 +70,13 @@ def test_compare_writes_consistent_report(log_dir: str) -> None:
     if esync_t and sync_t:
         assert vs["speedup_to_target"] == pytest.approx(sync_t / esync_t)
     assert vs["traffic_ratio"] == pytest.approx(
-        summaries["esync"]["bytes_per_s"] / summaries["sync"]["bytes_per_s"])
+        summaries["esync"]["bytes_per_s"] / summaries["sync"]["bytes_per_s"]
+    )
     assert vs["throughput_ratio"] == pytest.approx(
-        summaries["esync"]["samples_per_s"] / summaries["sync"]["samples_per_s"])
+        summaries["esync"]["samples_per_s"] / summaries["sync"]["samples_per_s"]
+    )
     # the fast ESync workers keep computing while SSGD's fast workers wait for the slow one
     fast = [w for w in summaries["sync"]["workers"] if w["slowdown"] == 1.0]
     assert max(w["compute_time_ratio"] for w in fast) < min(
-        w["compute_time_ratio"] for w in summaries["esync"]["workers"] if w["slowdown"] == 1.0)
+        w["compute_time_ratio"] for w in summaries["esync"]["workers"] if w["slowdown"] == 1.0
+    )

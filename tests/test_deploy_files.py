@@ -44,8 +44,14 @@ PYTHON = sys.executable
 
 # Debian packages of python:3.11-slim (bookworm) that provide libraries MXNet links against.
 SLIM_IMAGE_PACKAGES = frozenset({"libc6", "libgcc-s1", "libstdc++6", "zlib1g"})
-DMLC_SHARED = ("DMLC_PS_ROOT_URI", "DMLC_PS_ROOT_PORT", "DMLC_NUM_SERVER", "DMLC_NUM_WORKER",
-               "DMLC_INTERFACE", "DMLC_USE_KUBERNETES")
+DMLC_SHARED = (
+    "DMLC_PS_ROOT_URI",
+    "DMLC_PS_ROOT_PORT",
+    "DMLC_NUM_SERVER",
+    "DMLC_NUM_WORKER",
+    "DMLC_INTERFACE",
+    "DMLC_USE_KUBERNETES",
+)
 
 
 # --- a Dockerfile parser ------------------------------------------------------------------
@@ -169,9 +175,12 @@ def is_ignored(path: str, patterns: Sequence[str]) -> bool:
         options = [pat]
         if pat.startswith("**/"):
             options.append(pat[3:])
-        hit = any(fnmatch.fnmatchcase(prefix, opt) or
-                  (opt.startswith("**/") and fnmatch.fnmatchcase(prefix, "*/" + opt[3:]))
-                  for prefix in prefixes for opt in options)
+        hit = any(
+            fnmatch.fnmatchcase(prefix, opt)
+            or (opt.startswith("**/") and fnmatch.fnmatchcase(prefix, "*/" + opt[3:]))
+            for prefix in prefixes
+            for opt in options
+        )
         if hit:
             ignored = not negate
     return ignored
@@ -279,7 +288,7 @@ def _split_key(text: str, number: int) -> tuple[str, str] | None:
         end = text.find(text[0], 1)
         if end < 0:
             raise YamlSubsetError(f"line {number}: unterminated quoted key")
-        rest = text[end + 1:]
+        rest = text[end + 1 :]
         if not (rest == ":" or rest.startswith(": ")):
             return None
         return _scalar(text[: end + 1], number), rest[1:].strip()
@@ -320,13 +329,18 @@ def _block(lines: list[_Line], i: int, indent: int) -> tuple[Any, int]:
     return _mapping(lines, i, indent)
 
 
-def _nested(lines: list[_Line], i: int, indent: int, allow_same_indent_list: bool
-            ) -> tuple[Any, int]:
+def _nested(
+    lines: list[_Line], i: int, indent: int, allow_same_indent_list: bool
+) -> tuple[Any, int]:
     """The block value of an entry whose value text is empty (or None when there is none)."""
     if i < len(lines) and lines[i].indent > indent:
         return _block(lines, i, lines[i].indent)
-    if allow_same_indent_list and i < len(lines) and lines[i].indent == indent \
-            and _is_item(lines[i]):
+    if (
+        allow_same_indent_list
+        and i < len(lines)
+        and lines[i].indent == indent
+        and _is_item(lines[i])
+    ):
         return _sequence(lines, i, indent)
     return None, i
 
@@ -337,8 +351,7 @@ def _mapping(lines: list[_Line], i: int, indent: int) -> tuple[dict[str, Any], i
         line = lines[i]
         entry = _split_key(line.text, line.number)
         if entry is None:
-            raise YamlSubsetError(f"line {line.number}: expected 'key: value', got "
-                                  f"{line.text!r}")
+            raise YamlSubsetError(f"line {line.number}: expected 'key: value', got {line.text!r}")
         key, value_text = entry
         if key in out:
             raise YamlSubsetError(f"line {line.number}: duplicate key {key!r}")
@@ -361,8 +374,9 @@ def _sequence(lines: list[_Line], i: int, indent: int) -> tuple[list[Any], int]:
             out.append(value)
             continue
         if _split_key(item, line.number) is not None and not item.startswith(("'", '"', "[")):
-            raise YamlSubsetError(f"line {line.number}: mappings inside '- ' items are not "
-                                  "supported")
+            raise YamlSubsetError(
+                f"line {line.number}: mappings inside '- ' items are not supported"
+            )
         out.append(_scalar(item, line.number))
         i += 1
     if i < len(lines) and lines[i].indent > indent:
@@ -429,8 +443,11 @@ def _strip_env(cmd: list[str]) -> list[str]:
 def doc_commands_with(words: Sequence[str]) -> list[list[str]]:
     """Commands of docs/deployment.md (env assignments stripped) containing ``words``."""
     n = len(words)
-    found = [_strip_env(c) for c in doc_commands(DEPLOY_DOC.read_text())
-             if any(c[i:i + n] == list(words) for i in range(len(c)))]
+    found = [
+        _strip_env(c)
+        for c in doc_commands(DEPLOY_DOC.read_text())
+        if any(c[i : i + n] == list(words) for i in range(len(c)))
+    ]
     assert found, f"docs/deployment.md has no command containing {' '.join(words)!r}"
     return found
 
@@ -480,8 +497,14 @@ top:
             "same_indent": ["x"],
             "flow": ["-m", "esync", 3, "a,b"],
             "empty_flow": [],
-            "nested": {"key": "value: with colon", "num": 9091, "neg": -2, "fl": 1.5,
-                       "yes": True, "nothing": None},
+            "nested": {
+                "key": "value: with colon",
+                "num": 9091,
+                "neg": -2,
+                "fl": 1.5,
+                "yes": True,
+                "nothing": None,
+            },
             "url": "http://host:80/path",
         },
     }
@@ -489,21 +512,24 @@ top:
     assert read_yaml_subset("a: {}\n") == {"a": {}}
 
 
-@pytest.mark.parametrize("text, message", [
-    ("a: &anchor 1\n", "unsupported"),
-    ("a: *anchor\n", "unsupported"),
-    ("a: |\n  text\n", "unsupported"),
-    ("a: 1\na: 2\n", "duplicate key"),
-    ("a:\n  b: 1\n    c: 2\n", "indentation"),
-    ("a:\n\tb: 1\n", "tabs"),
-    ("a: [1, [2]]\n", "nested flow"),
-    ("a: [1, 2\n", "unterminated"),
-    ("a: \"open\n", "unterminated"),
-    ("- a: 1\n", "mappings inside"),
-    ("a: 1\n---\nb: 2\n", "multi-document"),
-    ("just text\n", "expected 'key: value'"),
-    ("a: {b: 1}\n", "unsupported"),
-])
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        ("a: &anchor 1\n", "unsupported"),
+        ("a: *anchor\n", "unsupported"),
+        ("a: |\n  text\n", "unsupported"),
+        ("a: 1\na: 2\n", "duplicate key"),
+        ("a:\n  b: 1\n    c: 2\n", "indentation"),
+        ("a:\n\tb: 1\n", "tabs"),
+        ("a: [1, [2]]\n", "nested flow"),
+        ("a: [1, 2\n", "unterminated"),
+        ('a: "open\n', "unterminated"),
+        ("- a: 1\n", "mappings inside"),
+        ("a: 1\n---\nb: 2\n", "multi-document"),
+        ("just text\n", "expected 'key: value'"),
+        ("a: {b: 1}\n", "unsupported"),
+    ],
+)
 def test_yaml_subset_reader_rejects_the_rest(text: str, message: str) -> None:
     with pytest.raises(YamlSubsetError, match=message):
         read_yaml_subset(text)
@@ -520,8 +546,7 @@ ENV A=1 \\
     B="two words"
 """
     ins = parse_dockerfile(text)
-    assert [(i.keyword, i.line) for i in ins] == [("FROM", 2), ("RUN", 3), ("CMD", 6),
-                                                   ("ENV", 7)]
+    assert [(i.keyword, i.line) for i in ins] == [("FROM", 2), ("RUN", 3), ("CMD", 6), ("ENV", 7)]
     assert ins[1].args == "a && b"
     assert shell_commands(ins[1].args) == [["a"], ["b"]]
     assert ins[2].exec_form == ["x", "y"] and ins[1].exec_form is None
@@ -564,12 +589,18 @@ def test_dockerfile_base_image_and_workdir() -> None:
 
 def test_dockerfile_installs_exactly_the_requirements() -> None:
     ins = parse_dockerfile(DOCKERFILE.read_text())
-    pip_runs = [cmd for i in ins if i.keyword == "RUN" for cmd in shell_commands(i.args)
-                if "pip" in cmd[0] or cmd[:3] == ["python", "-m", "pip"]]
+    pip_runs = [
+        cmd
+        for i in ins
+        if i.keyword == "RUN"
+        for cmd in shell_commands(i.args)
+        if "pip" in cmd[0] or cmd[:3] == ["python", "-m", "pip"]
+    ]
     assert len(pip_runs) == 1, f"one pip command expected, found {pip_runs}"
-    args = pip_runs[0][pip_runs[0].index("install") + 1:] if "install" in pip_runs[0] else []
-    assert args == ["-r", "requirements.txt"], f"pip must install exactly -r requirements.txt, "\
-                                               f"got {pip_runs[0]}"
+    args = pip_runs[0][pip_runs[0].index("install") + 1 :] if "install" in pip_runs[0] else []
+    assert args == ["-r", "requirements.txt"], (
+        f"pip must install exactly -r requirements.txt, got {pip_runs[0]}"
+    )
     copy_req = next(i for i in ins if i.keyword == "COPY" and "requirements.txt" in i.args)
     pip_line = next(i.line for i in ins if i.keyword == "RUN" and "pip" in i.args)
     assert copy_req.line < pip_line, "requirements.txt must be copied before pip runs"
@@ -582,7 +613,7 @@ def _apt_packages(ins: Sequence[Instruction]) -> list[str]:
             continue
         for cmd in shell_commands(i.args):
             if cmd[:1] in (["apt-get"], ["apt"]) and "install" in cmd:
-                pkgs += [t for t in cmd[cmd.index("install") + 1:] if not t.startswith("-")]
+                pkgs += [t for t in cmd[cmd.index("install") + 1 :] if not t.startswith("-")]
     return pkgs
 
 
@@ -601,8 +632,9 @@ def _mxnet_system_packages() -> set[str]:
         assert match.group(2) != "not", f"libmxnet.so: {match.group(1)} not found"
         path = os.path.realpath(match.group(2))
         candidates = [path, match.group(2)]
-        candidates += [p.replace("/usr/lib/", "/lib/", 1) for p in candidates
-                       if p.startswith("/usr/lib/")]
+        candidates += [
+            p.replace("/usr/lib/", "/lib/", 1) for p in candidates if p.startswith("/usr/lib/")
+        ]
         candidates += ["/usr" + p for p in candidates if p.startswith("/lib/")]
         for cand in candidates:
             res = subprocess.run(["dpkg", "-S", cand], capture_output=True, text=True)
@@ -614,8 +646,10 @@ def _mxnet_system_packages() -> set[str]:
     return packages
 
 
-@pytest.mark.skipif(shutil.which("ldd") is None or shutil.which("dpkg") is None,
-                    reason="needs ldd and dpkg (a Debian-based system) to map libraries")
+@pytest.mark.skipif(
+    shutil.which("ldd") is None or shutil.which("dpkg") is None,
+    reason="needs ldd and dpkg (a Debian-based system) to map libraries",
+)
 def test_dockerfile_apt_packages_are_what_mxnet_needs_beyond_the_slim_image() -> None:
     ins = parse_dockerfile(DOCKERFILE.read_text())
     needed = _mxnet_system_packages() - SLIM_IMAGE_PACKAGES
@@ -623,7 +657,8 @@ def test_dockerfile_apt_packages_are_what_mxnet_needs_beyond_the_slim_image() ->
     assert len(installed) == len(set(installed))
     assert set(installed) == needed, (
         f"apt-get installs {sorted(installed)}; libmxnet.so needs {sorted(needed)} beyond "
-        f"python:3.11-slim's {sorted(SLIM_IMAGE_PACKAGES)}")
+        f"python:3.11-slim's {sorted(SLIM_IMAGE_PACKAGES)}"
+    )
 
 
 def test_dockerfile_copy_sources_exist_and_are_not_ignored() -> None:
@@ -640,18 +675,32 @@ def test_dockerfile_copy_sources_exist_and_are_not_ignored() -> None:
             assert (ROOT / src).exists(), f"line {i.line}: COPY source {src} does not exist"
             if src not in (".", "./"):
                 assert not is_ignored(src, patterns), f"{src} is excluded by .dockerignore"
-    for needed in ("main.py", "config.py", "utils.py", "trainer/loop.py", "models",
-                   "StateServer/manage.py", "StateServer/stateserver/wsgi.py",
-                   "requirements.txt", "summary.py"):
+    for needed in (
+        "main.py",
+        "config.py",
+        "utils.py",
+        "trainer/loop.py",
+        "models",
+        "StateServer/manage.py",
+        "StateServer/stateserver/wsgi.py",
+        "requirements.txt",
+        "summary.py",
+    ):
         assert (ROOT / needed).exists(), needed
         assert not is_ignored(needed, patterns), f".dockerignore excludes {needed}"
 
 
 def test_dockerignore_excludes_local_state() -> None:
     patterns = dockerignore_patterns()
-    for path in ("data/FashionMNIST/train-images-idx3-ubyte.gz", "logs/lenet/esync/x",
-                 ".venv/bin/python", ".git/HEAD", "trainer/__pycache__/loop.cpython-311.pyc",
-                 ".pytest_cache/v", ".ruff_cache/x"):
+    for path in (
+        "data/FashionMNIST/train-images-idx3-ubyte.gz",
+        "logs/lenet/esync/x",
+        ".venv/bin/python",
+        ".git/HEAD",
+        "trainer/__pycache__/loop.cpython-311.pyc",
+        ".pytest_cache/v",
+        ".ruff_cache/x",
+    ):
         assert is_ignored(path, patterns), f".dockerignore does not exclude {path}"
 
 
@@ -668,8 +717,13 @@ def test_dockerfile_entrypoint_and_cmd_are_valid_main_py_flags() -> None:
 def test_dockerfile_default_command_runs(tmp_path: Path) -> None:
     """The image's default command, with the data and log folders moved into tmp_path."""
     entry, cmd = dockerfile_entrypoint()
-    argv = [PYTHON, *with_flags(entry[1:], {"-dd": str(tmp_path / "data")}), *cmd,
-            "-ld", str(tmp_path / "logs")]
+    argv = [
+        PYTHON,
+        *with_flags(entry[1:], {"-dd": str(tmp_path / "data")}),
+        *cmd,
+        "-ld",
+        str(tmp_path / "logs"),
+    ]
     env = {k: v for k, v in os.environ.items() if not k.startswith("DMLC_")}
     env.update(OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
     run = subprocess.run(argv, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
@@ -747,12 +801,10 @@ def test_compose_commands_are_valid_for_main_py() -> None:
             assert svc["volumes"] == [f"logs:{args.log_dir}"]
             assert env["ESYNC_TOKEN"] == services["stateserver"]["environment"]["ESYNC_TOKEN"]
             slowdowns.append(args.slowdown)
-    assert len(set(slowdowns)) == len(slowdowns), f"workers need different slowdowns: " \
-                                                  f"{slowdowns}"
+    assert len(set(slowdowns)) == len(slowdowns), f"workers need different slowdowns: {slowdowns}"
     commands = [services[n]["command"] for n in roles["worker"]]
     for cmd in commands:  # the workers differ only in --slowdown
-        assert with_flags(cmd, {"--slowdown": "1"}) == with_flags(commands[0],
-                                                                  {"--slowdown": "1"})
+        assert with_flags(cmd, {"--slowdown": "1"}) == with_flags(commands[0], {"--slowdown": "1"})
 
 
 def test_compose_state_server_matches_the_docs() -> None:
@@ -764,7 +816,7 @@ def test_compose_state_server_matches_the_docs() -> None:
     in_docs = doc_commands_with(cmd[1:3])
     assert cmd in in_docs, f"docs/deployment.md does not show {' '.join(cmd)!r}"
     for doc_cmd in in_docs:  # also inside `docker run ... --entrypoint python`
-        assert doc_cmd[doc_cmd.index(cmd[1]):] == cmd[1:], doc_cmd
+        assert doc_cmd[doc_cmd.index(cmd[1]) :] == cmd[1:], doc_cmd
     assert svc["command"] == [], "the entrypoint holds the whole State Server command"
     env = svc["environment"]
     allowed = env["ESYNC_ALLOWED_HOSTS"].split(",")
@@ -795,23 +847,38 @@ def test_docs_gunicorn_command_is_one_process_with_threads() -> None:
 
 def test_docs_cover_the_deployment_topics() -> None:
     text = DEPLOY_DOC.read_text()
-    for needle in ("DMLC_ROLE=scheduler", "DMLC_ROLE=server", "DMLC_ROLE=worker",
-                   "DMLC_INTERFACE", "DMLC_PS_ROOT_URI", "DMLC_PS_ROOT_PORT", "PS_VERBOSE",
-                   "ip -br addr", "chrony", "rsync", "summary.py", "ESYNC_TOKEN",
-                   "ESYNC_ALLOWED_HOSTS", "mxnet-cu112==1.9.1", "--slowdown", "-g 0",
-                   "docker compose", "docker build", "firewall"):
+    for needle in (
+        "DMLC_ROLE=scheduler",
+        "DMLC_ROLE=server",
+        "DMLC_ROLE=worker",
+        "DMLC_INTERFACE",
+        "DMLC_PS_ROOT_URI",
+        "DMLC_PS_ROOT_PORT",
+        "PS_VERBOSE",
+        "ip -br addr",
+        "chrony",
+        "rsync",
+        "summary.py",
+        "ESYNC_TOKEN",
+        "ESYNC_ALLOWED_HOSTS",
+        "mxnet-cu112==1.9.1",
+        "--slowdown",
+        "-g 0",
+        "docker compose",
+        "docker build",
+        "firewall",
+    ):
         assert needle in text, f"docs/deployment.md does not mention {needle!r}"
-    assert not re.search(r"\b(?:\d{1,3}\.){3}\d{1,3}\b",
-                         re.sub(r"\b(127\.0\.0\.1|0\.0\.0\.0)\b", "", text)), (
-        "use placeholders such as <scheduler-ip>, not addresses, in the docs")
+    assert not re.search(
+        r"\b(?:\d{1,3}\.){3}\d{1,3}\b", re.sub(r"\b(127\.0\.0\.1|0\.0\.0\.0)\b", "", text)
+    ), "use placeholders such as <scheduler-ip>, not addresses, in the docs"
     entry, _ = dockerfile_entrypoint()
     checked = 0
     for cmd in doc_commands(text):  # every main.py command of the docs parses
         if "main.py" in cmd:
-            argv = cmd[cmd.index("main.py") + 1:]
-        elif cmd[:2] == ["docker", "run"] and "esync:latest" in cmd \
-                and "--entrypoint" not in cmd:
-            argv = entry[2:] + cmd[cmd.index("esync:latest") + 1:]
+            argv = cmd[cmd.index("main.py") + 1 :]
+        elif cmd[:2] == ["docker", "run"] and "esync:latest" in cmd and "--entrypoint" not in cmd:
+            argv = entry[2:] + cmd[cmd.index("esync:latest") + 1 :]
         else:
             continue
         check_main_flags(["placeholder" if re.fullmatch(r"<[^>]+>", a) else a for a in argv])
@@ -828,9 +895,11 @@ def _netns_available() -> tuple[bool, str]:
 
 @pytest.mark.slow
 @pytest.mark.netns
-@pytest.mark.skipif(not _netns_available()[0],
-                    reason="runs the docs' gunicorn command in a private network namespace "
-                    f"so that its fixed port cannot clash: {_netns_available()[1]}")
+@pytest.mark.skipif(
+    not _netns_available()[0],
+    reason="runs the docs' gunicorn command in a private network namespace "
+    f"so that its fixed port cannot clash: {_netns_available()[1]}",
+)
 def test_docs_gunicorn_command_serves() -> None:
     """The docs' gunicorn command, verbatim, in a namespace with only ``lo``."""
     from tests.netns import Network, Processes
@@ -844,18 +913,21 @@ def test_docs_gunicorn_command_serves() -> None:
                 host = net.hosts["gunicorn"]
                 env = {k: v for k, v in os.environ.items() if not k.startswith("DMLC_")}
                 proc = procs.start("gunicorn", host.wrap([PYTHON, *cmd[1:]]), env, str(ROOT))
-                probe = ("import json, sys, time, urllib.request\n"
-                         "end = time.time() + 60\n"
-                         "while True:\n"
-                         "    try:\n"
-                         f"        r = urllib.request.urlopen('http://127.0.0.1:{port}"
-                         "/status.json', timeout=2)\n"
-                         "        print(json.dumps(json.load(r))); break\n"
-                         "    except OSError:\n"
-                         "        if time.time() > end: sys.exit(1)\n"
-                         "        time.sleep(0.2)\n")
-                res = subprocess.run(host.wrap([PYTHON, "-c", probe]), capture_output=True,
-                                     text=True, timeout=90)
+                probe = (
+                    "import json, sys, time, urllib.request\n"
+                    "end = time.time() + 60\n"
+                    "while True:\n"
+                    "    try:\n"
+                    f"        r = urllib.request.urlopen('http://127.0.0.1:{port}"
+                    "/status.json', timeout=2)\n"
+                    "        print(json.dumps(json.load(r))); break\n"
+                    "    except OSError:\n"
+                    "        if time.time() > end: sys.exit(1)\n"
+                    "        time.sleep(0.2)\n"
+                )
+                res = subprocess.run(
+                    host.wrap([PYTHON, "-c", probe]), capture_output=True, text=True, timeout=90
+                )
                 assert res.returncode == 0, proc.tail()
                 assert isinstance(json.loads(res.stdout), dict)
                 assert proc.popen.poll() is None

@@ -19,8 +19,13 @@ import report  # noqa: E402
 from summary import SummaryError, load_all, time_to_target, write_summary  # noqa: E402
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
-FIGURES = {"accuracy_iid.png", "accuracy_niid.png", "throughput.png", "traffic.png",
-           "compute_ratio.png"}
+FIGURES = {
+    "accuracy_iid.png",
+    "accuracy_niid.png",
+    "throughput.png",
+    "traffic.png",
+    "compute_ratio.png",
+}
 ALL_RUN_MODES = ["esync", "sync", "async", "local", "esync-niid", "sync-niid"]
 
 
@@ -66,8 +71,14 @@ def test_speedup_numbers(drawn: tuple[Path, list[str]]) -> None:
     base, _ = drawn
     rows = {r["mode"]: r for r in draw.speedup_table(load_all(base, NET), 0.9)}
     got = {m: (r["time_to_target_s"], r["esync_speedup"]) for m, r in rows.items()}
-    assert got == {"esync": (4.0, 1.0), "sync": (32.0, 8.0), "async": (None, None),
-                   "local": (2.0, 0.5), "esync-niid": (None, None), "sync-niid": (None, None)}
+    assert got == {
+        "esync": (4.0, 1.0),
+        "sync": (32.0, 8.0),
+        "async": (None, None),
+        "local": (2.0, 0.5),
+        "esync-niid": (None, None),
+        "sync-niid": (None, None),
+    }
     assert rows["sync-niid"]["esync_mode"] == "esync-niid"
     niid = {r["mode"]: r["esync_speedup"] for r in draw.speedup_table(load_all(base, NET), 0.5)}
     assert niid["sync-niid"] == 8.0 / 4.0
@@ -121,21 +132,27 @@ def test_report_fields_consistent(drawn: tuple[Path, list[str]]) -> None:
         s = summaries[mode]
         assert row == {
             "time_to_target_s": time_to_target(s["accuracy"], 0.9),
-            "final_accuracy": s["final_accuracy"], "best_accuracy": s["best_accuracy"],
+            "final_accuracy": s["final_accuracy"],
+            "best_accuracy": s["best_accuracy"],
             "plateau_accuracy": s["plateau_accuracy"],
-            "samples_per_s": s["samples_per_s"], "bytes_per_s": s["bytes_per_s"],
+            "samples_per_s": s["samples_per_s"],
+            "bytes_per_s": s["bytes_per_s"],
             "min_compute_time_ratio": min(w["compute_time_ratio"] for w in s["workers"]),
-            "num_workers": s["num_workers"], "split": s["split"]}
+            "num_workers": s["num_workers"],
+            "split": s["split"],
+        }
     assert rep["modes"]["esync"]["min_compute_time_ratio"] == 0.25
     assert set(rep["esync_vs"]) == {"sync", "async", "local", "sync-niid"}
     modes = rep["modes"]
     assert rep["esync_vs"]["sync"] == {
         "esync_mode": "esync",
         "speedup_to_target": modes["sync"]["time_to_target_s"] / modes["esync"]["time_to_target_s"],
-        "throughput_ratio": 34.0 / 4.0, "traffic_ratio": 750.0 / 500.0,
+        "throughput_ratio": 34.0 / 4.0,
+        "traffic_ratio": 750.0 / 500.0,
         "final_accuracy_diff": 0.875 - 0.9375,
         "plateau_accuracy_diff": modes["esync"]["plateau_accuracy"]
-        - modes["sync"]["plateau_accuracy"]}
+        - modes["sync"]["plateau_accuracy"],
+    }
     assert rep["esync_vs"]["sync"]["speedup_to_target"] == 8.0
     assert rep["esync_vs"]["local"]["traffic_ratio"] is None  # local moves no bytes
     assert rep["esync_vs"]["local"]["speedup_to_target"] == 0.5

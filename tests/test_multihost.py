@@ -57,16 +57,17 @@ pytestmark = [
 
 
 def _child_env(extra: Mapping[str, Any]) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items()
-           if not k.startswith(("DMLC_", "PS_", "ESYNC_"))}
-    env.update(OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", OPENBLAS_NUM_THREADS="1",
-               PYTHONUNBUFFERED="1")
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("DMLC_", "PS_", "ESYNC_"))}
+    env.update(
+        OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", OPENBLAS_NUM_THREADS="1", PYTHONUNBUFFERED="1"
+    )
     env.update({k: str(v) for k, v in extra.items()})
     return env
 
 
 def _interpolate(env: Mapping[str, Any], values: Mapping[str, str]) -> dict[str, str]:
     """Compose's ``${VAR:-default}`` / ``${VAR}`` substitution, from ``values``."""
+
     def sub(match: re.Match[str]) -> str:
         return values.get(match.group(1), match.group(3) or "")
 
@@ -82,8 +83,13 @@ def _main_py() -> list[str]:
 
 def _nic_bytes(host: netns.Host, nic: str) -> tuple[int, int]:
     """(rx, tx) byte counters of the host's cluster interface."""
-    out = subprocess.run(["ip", "-n", host.netns, "-s", "-j", "link", "show", "dev", nic],
-                         capture_output=True, text=True, check=True, timeout=30).stdout
+    out = subprocess.run(
+        ["ip", "-n", host.netns, "-s", "-j", "link", "show", "dev", nic],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=30,
+    ).stdout
     stats = json.loads(out)[0]["stats64"]
     return stats["rx"]["bytes"], stats["tx"]["bytes"]
 
@@ -100,11 +106,14 @@ def _wait_http(host: netns.Host, url: str, server: netns.Proc, timeout: float) -
         "        sys.exit(0)\n"
         "    except OSError:\n"
         "        time.sleep(0.2)\n"
-        "sys.exit(1)\n")
-    res = subprocess.run(host.wrap([PYTHON, "-c", probe]), capture_output=True, text=True,
-                         timeout=timeout + 30)
-    assert res.returncode == 0, (f"the State Server did not answer at {url} from "
-                                 f"{host.name}:\n{server.tail()}")
+        "sys.exit(1)\n"
+    )
+    res = subprocess.run(
+        host.wrap([PYTHON, "-c", probe]), capture_output=True, text=True, timeout=timeout + 30
+    )
+    assert res.returncode == 0, (
+        f"the State Server did not answer at {url} from {host.name}:\n{server.tail()}"
+    )
 
 
 def _supervise(procs: netns.Processes, deadline: float) -> None:
@@ -134,8 +143,9 @@ def _assert_clean(procs: netns.Processes) -> None:
 Worker = tuple[dict[str, Any], list[dict[str, Any]]]
 
 
-def _check_records(mode_dir: Path, expected: Mapping[str, Sequence[float]], rounds: int
-                   ) -> list[Worker]:
+def _check_records(
+    mode_dir: Path, expected: Mapping[str, Sequence[float]], rounds: int
+) -> list[Worker]:
     """One folder per worker, in its host's folder, all rounds, equal final checksums."""
     workers: list[Worker] = []
     for folder in sorted(mode_dir.glob("*/*-rank*")):
@@ -148,8 +158,7 @@ def _check_records(mode_dir: Path, expected: Mapping[str, Sequence[float]], roun
     for meta, _ in workers:
         by_host.setdefault(meta["host"], []).append(meta["slowdown"])
         assert meta["num_workers"] == num_workers
-    assert {h: sorted(s) for h, s in by_host.items()} == {h: sorted(s)
-                                                          for h, s in expected.items()}
+    assert {h: sorted(s) for h, s in by_host.items()} == {h: sorted(s) for h, s in expected.items()}
     assert sorted(meta["rank"] for meta, _ in workers) == list(range(num_workers))
     checksums = set()
     for meta, records in workers:
@@ -163,15 +172,17 @@ def _check_records(mode_dir: Path, expected: Mapping[str, Sequence[float]], roun
     iterations: dict[float, list[int]] = {}
     for meta, records in workers:
         iterations.setdefault(meta["slowdown"], []).append(
-            sum(r["local_iterations"] for r in records))
+            sum(r["local_iterations"] for r in records)
+        )
     assert min(iterations[min(iterations)]) > max(iterations[max(iterations)]), iterations
     # the tree is what summary.py expects when the logs of several hosts are collected
     assert summary.summarize(mode_dir)["num_workers"] == num_workers
     return workers
 
 
-def _assert_traffic_crossed_nics(workers: list[Worker],
-                                 traffic: Mapping[str, tuple[int, int]]) -> None:
+def _assert_traffic_crossed_nics(
+    workers: list[Worker], traffic: Mapping[str, tuple[int, int]]
+) -> None:
     """Each worker host's NIC carried at least the bytes its workers pushed and pulled."""
     for host_name, (rx, tx) in traffic.items():
         records = [r for meta, recs in workers if meta["host"] == host_name for r in recs]
@@ -198,40 +209,58 @@ def test_esync_on_three_emulated_hosts(tmp_path: Path) -> None:
 
             def dmlc_env(service: str) -> dict[str, str]:
                 env = _interpolate(services[service]["environment"], {"ESYNC_TOKEN": token})
-                env.update(DMLC_PS_ROOT_URI=a.address, DMLC_INTERFACE=net.nic,
-                           DMLC_NUM_WORKER=str(num_workers))
+                env.update(
+                    DMLC_PS_ROOT_URI=a.address,
+                    DMLC_INTERFACE=net.nic,
+                    DMLC_NUM_WORKER=str(num_workers),
+                )
                 return env
 
             # 1. the State Server on A, with docker-compose.yml's command
             state_cmd = state_server_command()
             port = int(state_cmd[3].rsplit(":", 1)[1])
-            state_env = _interpolate(services["stateserver"]["environment"],
-                                     {"ESYNC_TOKEN": token})
+            state_env = _interpolate(services["stateserver"]["environment"], {"ESYNC_TOKEN": token})
             state_env["ESYNC_ALLOWED_HOSTS"] = a.address
-            state = procs.start("stateserver", a.wrap([PYTHON, *state_cmd[1:]]),
-                                _child_env(state_env), str(ROOT))
+            state = procs.start(
+                "stateserver", a.wrap([PYTHON, *state_cmd[1:]]), _child_env(state_env), str(ROOT)
+            )
             # probed from another host, so the route between namespaces is checked too
-            _wait_http(net.hosts["hostB"], f"http://{a.address}:{port}/status.json", state,
-                       timeout=60)
+            _wait_http(
+                net.hosts["hostB"], f"http://{a.address}:{port}/status.json", state, timeout=60
+            )
 
             # 2. and 3. the scheduler and the parameter server on A
             for role in ("scheduler", "server"):
                 service = roles[role][0]
-                procs.start(role, a.wrap([*main_py, *services[service]["command"]]),
-                            _child_env(dmlc_env(service)), str(ROOT))
+                procs.start(
+                    role,
+                    a.wrap([*main_py, *services[service]["command"]]),
+                    _child_env(dmlc_env(service)),
+                    str(ROOT),
+                )
 
             # 4. two workers on B and two on C, with compose's worker flags
             worker = roles["worker"][0]
             n = 0
             for host_name, slowdowns in WORKERS.items():
                 for slowdown in slowdowns:
-                    flags = with_flags(services[worker]["command"], {
-                        "-ip": a.address, "-port": str(port), "-ld": str(log_dir),
-                        "--rounds": str(ROUNDS), "-e": str(ROUNDS),
-                        "--slowdown": f"{slowdown:g}"})
-                    procs.start(f"worker{n}-{host_name}",
-                                net.hosts[host_name].wrap([*main_py, *flags]),
-                                _child_env(dmlc_env(worker)), str(ROOT))
+                    flags = with_flags(
+                        services[worker]["command"],
+                        {
+                            "-ip": a.address,
+                            "-port": str(port),
+                            "-ld": str(log_dir),
+                            "--rounds": str(ROUNDS),
+                            "-e": str(ROUNDS),
+                            "--slowdown": f"{slowdown:g}",
+                        },
+                    )
+                    procs.start(
+                        f"worker{n}-{host_name}",
+                        net.hosts[host_name].wrap([*main_py, *flags]),
+                        _child_env(dmlc_env(worker)),
+                        str(ROOT),
+                    )
                     n += 1
 
             _supervise(procs, started + TIMEOUT_S)
@@ -245,8 +274,10 @@ def test_esync_on_three_emulated_hosts(tmp_path: Path) -> None:
     mode_dir = log_dir / "lenet" / flag_value(services[worker]["command"], "-m")
     workers = _check_records(mode_dir, WORKERS, ROUNDS)
     _assert_traffic_crossed_nics(workers, traffic)
-    print(f"\nmulti-host esync: {num_workers} workers on {len(WORKERS)} hosts, {ROUNDS} rounds, "
-          f"{elapsed:.1f} s including setup and teardown")
+    print(
+        f"\nmulti-host esync: {num_workers} workers on {len(WORKERS)} hosts, {ROUNDS} rounds, "
+        f"{elapsed:.1f} s including setup and teardown"
+    )
 
 
 def test_compose_file_on_emulated_hosts(tmp_path: Path) -> None:
@@ -262,47 +293,64 @@ def test_compose_file_on_emulated_hosts(tmp_path: Path) -> None:
     nic = services[roles["worker"][0]]["environment"]["DMLC_INTERFACE"]
     started = time.monotonic()
     try:
-        with netns.Network([svc["hostname"] for svc in services.values()], nic=nic,
-                           resolve_names=True) as net:
+        with netns.Network(
+            [svc["hostname"] for svc in services.values()], nic=nic, resolve_names=True
+        ) as net:
+
             def env_of(service: str) -> dict[str, str]:
-                return _child_env(_interpolate(services[service]["environment"],
-                                               {"ESYNC_TOKEN": token}))
+                return _child_env(
+                    _interpolate(services[service]["environment"], {"ESYNC_TOKEN": token})
+                )
 
             def host_of(service: str) -> netns.Host:
                 return net.hosts[services[service]["hostname"]]
 
             state_cmd = state_server_command()
-            state = procs.start("stateserver",
-                                host_of("stateserver").wrap([PYTHON, *state_cmd[1:]]),
-                                env_of("stateserver"), str(ROOT))
+            state = procs.start(
+                "stateserver",
+                host_of("stateserver").wrap([PYTHON, *state_cmd[1:]]),
+                env_of("stateserver"),
+                str(ROOT),
+            )
             worker_flags = services[roles["worker"][0]]["command"]
-            url = (f"http://{flag_value(worker_flags, '-ip')}:"
-                   f"{flag_value(worker_flags, '-port')}/status.json")
+            url = (
+                f"http://{flag_value(worker_flags, '-ip')}:"
+                f"{flag_value(worker_flags, '-port')}/status.json"
+            )
             _wait_http(host_of(roles["worker"][0]), url, state, timeout=60)
             for service in roles["scheduler"] + roles["server"]:
-                procs.start(service, host_of(service).wrap([*main_py,
-                                                            *services[service]["command"]]),
-                            env_of(service), str(ROOT))
+                procs.start(
+                    service,
+                    host_of(service).wrap([*main_py, *services[service]["command"]]),
+                    env_of(service),
+                    str(ROOT),
+                )
             for service in roles["worker"]:
-                flags = with_flags(services[service]["command"],
-                                   {"-ld": str(log_dir), "--rounds": str(rounds)})
-                procs.start(service, host_of(service).wrap([*main_py, *flags]),
-                            env_of(service), str(ROOT))
+                flags = with_flags(
+                    services[service]["command"], {"-ld": str(log_dir), "--rounds": str(rounds)}
+                )
+                procs.start(
+                    service, host_of(service).wrap([*main_py, *flags]), env_of(service), str(ROOT)
+                )
             _supervise(procs, started + TIMEOUT_S)
             assert state.popen.poll() is None, f"the State Server died:\n{state.tail()}"
-            traffic = {services[s]["hostname"]: _nic_bytes(host_of(s), nic)
-                       for s in roles["worker"]}
+            traffic = {
+                services[s]["hostname"]: _nic_bytes(host_of(s), nic) for s in roles["worker"]
+            }
     finally:
         procs.stop_all()
     elapsed = time.monotonic() - started
     _assert_clean(procs)
     assert not any(os.path.exists(f"/etc/netns/{h.netns}") for h in net.hosts.values())
 
-    expected = {services[s]["hostname"]: [float(flag_value(services[s]["command"],
-                                                           "--slowdown"))]
-                for s in roles["worker"]}
+    expected = {
+        services[s]["hostname"]: [float(flag_value(services[s]["command"], "--slowdown"))]
+        for s in roles["worker"]
+    }
     mode_dir = log_dir / "lenet" / flag_value(worker_flags, "-m")
     workers = _check_records(mode_dir, expected, rounds)
     _assert_traffic_crossed_nics(workers, traffic)
-    print(f"\ncompose services on emulated hosts: {len(services)} hosts, {rounds} rounds, "
-          f"{elapsed:.1f} s including setup and teardown")
+    print(
+        f"\ncompose services on emulated hosts: {len(services)} hosts, {rounds} rounds, "
+        f"{elapsed:.1f} s including setup and teardown"
+    )

@@ -34,8 +34,7 @@ class RecordingRouter(Router):
         return super().route(msg, now)
 
 
-def _worker(disp: Dispatcher, rank: int, errors: list[BaseException],
-            answers: list[str]) -> None:
+def _worker(disp: Dispatcher, rank: int, errors: list[BaseException], answers: list[str]) -> None:
     """Reset, then PER_THREAD messages with k = 0, 1, ...; every other burst is not awaited
     message by message (queued back to back, then collected), so FIFO order is tested too."""
     try:
@@ -63,8 +62,10 @@ def test_no_lost_or_reordered_updates() -> None:
         disp.submit(InitMsg(num_workers=THREADS, epsilon=0.0))
         errors: list[BaseException] = []
         answers: list[str] = []
-        threads = [threading.Thread(target=_worker, args=(disp, r, errors, answers))
-                   for r in range(THREADS)]
+        threads = [
+            threading.Thread(target=_worker, args=(disp, r, errors, answers))
+            for r in range(THREADS)
+        ]
         for th in threads:
             th.start()
         for th in threads:
@@ -82,8 +83,9 @@ def test_no_lost_or_reordered_updates() -> None:
         assert {tid for _, _, tid in router.log} == {disp.thread_id}
         # the last update of every rank is the one in the table
         db = router.scheduler.db
-        assert {r: rec.k for r, rec in db.records.items()} == \
-            {r: PER_THREAD - 1 for r in range(THREADS)}
+        assert {r: rec.k for r, rec in db.records.items()} == {
+            r: PER_THREAD - 1 for r in range(THREADS)
+        }
         assert set(answers) <= {"compute", "sync"} and len(answers) == THREADS * PER_THREAD // 2
     finally:
         disp.stop()
@@ -97,14 +99,14 @@ def test_interleaving_is_really_concurrent() -> None:
     try:
         disp.submit(InitMsg(num_workers=THREADS, epsilon=0.0))
         errors: list[BaseException] = []
-        threads = [threading.Thread(target=_worker, args=(disp, r, errors, []))
-                   for r in range(THREADS)]
+        threads = [
+            threading.Thread(target=_worker, args=(disp, r, errors, [])) for r in range(THREADS)
+        ]
         for th in threads:
             th.start()
         for th in threads:
             th.join(60)
-        switches = sum(1 for a, b in zip(router.log, router.log[1:], strict=False)
-                       if a[0] != b[0])
+        switches = sum(1 for a, b in zip(router.log, router.log[1:], strict=False) if a[0] != b[0])
         assert not errors and switches > THREADS
     finally:
         disp.stop()
@@ -136,8 +138,10 @@ def test_bounded_queue_refuses_when_full() -> None:
     results: list[object] = []
     try:
         # one message blocks the dispatcher, two fill the queue
-        pending = [threading.Thread(target=lambda: results.append(disp.submit(SnapshotMsg())))
-                   for _ in range(3)]
+        pending = [
+            threading.Thread(target=lambda: results.append(disp.submit(SnapshotMsg())))
+            for _ in range(3)
+        ]
         for th in pending:
             th.start()
             time.sleep(0.05)

@@ -49,8 +49,13 @@ class Server:
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
-    def request(self, method: str, path: str, body: bytes | str | None = None,
-                headers: dict[str, str] | None = None) -> tuple[int, dict[str, str], bytes]:
+    def request(
+        self,
+        method: str,
+        path: str,
+        body: bytes | str | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> tuple[int, dict[str, str], bytes]:
         conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=10)
         try:
             conn.request(method, path, body=body, headers=headers or {})
@@ -59,20 +64,30 @@ class Server:
         finally:
             conn.close()
 
-    def json(self, method: str, path: str, obj: object = None, form: dict | None = None,
-             headers: dict[str, str] | None = None) -> tuple[int, dict]:
+    def json(
+        self,
+        method: str,
+        path: str,
+        obj: object = None,
+        form: dict | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> tuple[int, dict]:
         hdrs = dict(headers or {})
         body: bytes | None = None
         if form is not None:
             from urllib.parse import urlencode
+
             body = urlencode(form).encode()
             hdrs.setdefault("Content-Type", "application/x-www-form-urlencoded")
         elif obj is not None:
             body = json.dumps(obj).encode()
             hdrs.setdefault("Content-Type", "application/json")
         status, resp_headers, data = self.request(method, path, body, hdrs)
-        assert resp_headers.get("content-type", "").startswith("application/json"), \
-            (status, resp_headers, data[:200])
+        assert resp_headers.get("content-type", "").startswith("application/json"), (
+            status,
+            resp_headers,
+            data[:200],
+        )
         return status, json.loads(data)
 
     def msg(self, **fields: object) -> dict:
@@ -94,10 +109,22 @@ class Server:
 
 def _command(kind: str, port: int) -> list[str]:
     if kind.startswith("runserver"):
-        return [sys.executable, str(ROOT / "StateServer" / "manage.py"), "runserver",
-                "--noreload", f"127.0.0.1:{port}"]
-    return [sys.executable, "-m", "gunicorn", "-c", str(ROOT / "StateServer" / "gunicorn.conf.py"),
-            "-b", f"127.0.0.1:{port}"]
+        return [
+            sys.executable,
+            str(ROOT / "StateServer" / "manage.py"),
+            "runserver",
+            "--noreload",
+            f"127.0.0.1:{port}",
+        ]
+    return [
+        sys.executable,
+        "-m",
+        "gunicorn",
+        "-c",
+        str(ROOT / "StateServer" / "gunicorn.conf.py"),
+        "-b",
+        f"127.0.0.1:{port}",
+    ]
 
 
 def _stop(proc: subprocess.Popen) -> None:
@@ -118,8 +145,14 @@ def start_server(kind: str) -> Server:
     if kind.endswith("+token"):
         env["ESYNC_TOKEN"] = TOKEN
         env["ESYNC_ALLOWED_HOSTS"] = "127.0.0.1,localhost"
-    proc = subprocess.Popen(_command(kind, port), cwd=ROOT, env=env, start_new_session=True,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    proc = subprocess.Popen(
+        _command(kind, port),
+        cwd=ROOT,
+        env=env,
+        start_new_session=True,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
     server = Server(kind, port, proc)
     deadline = time.monotonic() + 30
     while True:
@@ -139,10 +172,12 @@ def start_server(kind: str) -> Server:
     query = {"msg_type": "query", "rank": 0, "k": 1, "c": 0.1, "te": 1.0}
     server.before_init = {
         "query": server.json("POST", "/msg/", query, headers=server.auth()),
-        "apply": server.json("POST", "/apply/", form={"r": 0, "k": 1, "c": 0.1, "te": 1},
-                             headers=server.auth()),
-        "reset": server.json("POST", "/reset/", form={"r": 0, "t": 2, "te": 1},
-                             headers=server.auth()),
+        "apply": server.json(
+            "POST", "/apply/", form={"r": 0, "k": 1, "c": 0.1, "te": 1}, headers=server.auth()
+        ),
+        "reset": server.json(
+            "POST", "/reset/", form={"r": 0, "t": 2, "te": 1}, headers=server.auth()
+        ),
         "index": server.json("GET", "/"),
     }
     return server
@@ -182,32 +217,55 @@ def test_everything_before_init_is_a_409_or_empty(server: Server) -> None:
 
 
 def test_typed_endpoint(server: Server) -> None:
-    assert server.msg(msg_type="reset", num_workers=2, epsilon=0.5) == \
-        {"msg_type": "ack", "of": "init", "round": 0}
-    assert server.msg(msg_type="reset", rank=1, t=3, te=10.0) == \
-        {"msg_type": "ack", "of": "reset", "round": 3, "rank": 1}
-    assert server.msg(msg_type="report", rank=0, k=2, c=0.01, te=11.0) == \
-        {"msg_type": "ack", "of": "report", "round": 3, "rank": 0}
-    assert server.msg(msg_type="query", rank=0, k=0, c=0.01, te=11.0) == \
-        {"msg_type": "response", "rank": 0, "round": 3, "action": "compute"}
+    assert server.msg(msg_type="reset", num_workers=2, epsilon=0.5) == {
+        "msg_type": "ack",
+        "of": "init",
+        "round": 0,
+    }
+    assert server.msg(msg_type="reset", rank=1, t=3, te=10.0) == {
+        "msg_type": "ack",
+        "of": "reset",
+        "round": 3,
+        "rank": 1,
+    }
+    assert server.msg(msg_type="report", rank=0, k=2, c=0.01, te=11.0) == {
+        "msg_type": "ack",
+        "of": "report",
+        "round": 3,
+        "rank": 0,
+    }
+    assert server.msg(msg_type="query", rank=0, k=0, c=0.01, te=11.0) == {
+        "msg_type": "response",
+        "rank": 0,
+        "round": 3,
+        "action": "compute",
+    }
     assert server.msg(msg_type="init", num_workers=1, epsilon=0)["of"] == "init"
 
 
 def test_upstream_routes_form_and_json(server: Server) -> None:
     auth = server.auth()
-    assert server.json("POST", "/init/", form={"num_workers": 2, "epsilon": 0.5},
-                       headers=auth)[0] == 200
-    assert server.json("POST", "/reset", form={"r": 0, "t": 2, "te": 100.0},
-                       headers=auth)[0] == 200
+    assert (
+        server.json("POST", "/init/", form={"num_workers": 2, "epsilon": 0.5}, headers=auth)[0]
+        == 200
+    )
+    assert server.json("POST", "/reset", form={"r": 0, "t": 2, "te": 100.0}, headers=auth)[0] == 200
     assert server.json("POST", "/reset/", {"r": 1, "t": 2, "te": 100.0}, headers=auth)[0] == 200
-    assert server.json("POST", "/apply/", form={"r": 0, "k": 0, "c": 0.1, "te": 100.0},
-                       headers=auth) == (200, {"ready": 0})
-    assert server.json("POST", "/apply", {"r": 1, "k": 1, "c": 2.0, "te": 101.0},
-                       headers=auth) == (200, {"ready": 1})  # the slowest
+    assert server.json(
+        "POST", "/apply/", form={"r": 0, "k": 0, "c": 0.1, "te": 100.0}, headers=auth
+    ) == (200, {"ready": 0})
+    assert server.json("POST", "/apply", {"r": 1, "k": 1, "c": 2.0, "te": 101.0}, headers=auth) == (
+        200,
+        {"ready": 1},
+    )  # the slowest
     status, index = server.json("GET", "/")
     assert status == 200
-    assert index == {"num_workers": 2, "t": 2, "epsilon": 0.5,
-                     "records": [[0, 0, 0.1, 100.0, False, 2], [1, 1, 2.0, 101.0, True, 2]]}
+    assert index == {
+        "num_workers": 2,
+        "t": 2,
+        "epsilon": 0.5,
+        "records": [[0, 0, 0.1, 100.0, False, 2], [1, 1, 2.0, 101.0, True, 2]],
+    }
 
 
 def test_three_worker_walkthrough(server: Server) -> None:
@@ -237,8 +295,11 @@ def test_three_worker_walkthrough(server: Server) -> None:
     server.msg(msg_type="reset", rank=0, t=3, te=time.time())
     state = server.state()
     assert state["round"] == 3
-    assert [(w["k"], w["ready"], w["round"]) for w in state["workers"]] == \
-        [(0, False, 3), (0, False, 2), (0, False, 2)]
+    assert [(w["k"], w["ready"], w["round"]) for w in state["workers"]] == [
+        (0, False, 3),
+        (0, False, 2),
+        (0, False, 2),
+    ]
     assert q(0, 1, 1.0, time.time()) == "compute"  # the slowest has not reset yet
     server.msg(msg_type="reset", rank=2, t=3, te=time.time())
     assert q(2, 1, 100.0, time.time()) == "sync"
@@ -279,8 +340,9 @@ BAD_MSG_BODIES: list[tuple[str, bytes, int]] = [
 ]
 
 
-def _assert_json_error(status: int, headers: dict[str, str], data: bytes, expected: int,
-                       label: str) -> None:
+def _assert_json_error(
+    status: int, headers: dict[str, str], data: bytes, expected: int, label: str
+) -> None:
     assert status == expected, (label, status, data[:300])
     assert headers.get("content-type", "").startswith("application/json"), (label, headers)
     obj = json.loads(data)
@@ -293,7 +355,8 @@ def test_malformed_messages_are_4xx_and_change_nothing(server: Server) -> None:
     before = server.state()
     for label, body, expected in BAD_MSG_BODIES:
         status, headers, data = server.request(
-            "POST", "/msg/", body, {"Content-Type": "application/json", **server.auth()})
+            "POST", "/msg/", body, {"Content-Type": "application/json", **server.auth()}
+        )
         _assert_json_error(status, headers, data, expected, label)
     assert server.state() == before
 
@@ -325,24 +388,35 @@ def test_malformed_upstream_requests_are_4xx_and_change_nothing(server: Server) 
             body, ctype = urlencode(fields).encode(), "application/x-www-form-urlencoded"
         else:
             body = fields
-            ctype = "application/json" if body.startswith(b"[") else \
-                "application/x-www-form-urlencoded"
-        status, headers, data = server.request("POST", path, body,
-                                               {"Content-Type": ctype, **server.auth()})
+            ctype = (
+                "application/json" if body.startswith(b"[") else "application/x-www-form-urlencoded"
+            )
+        status, headers, data = server.request(
+            "POST", path, body, {"Content-Type": ctype, **server.auth()}
+        )
         _assert_json_error(status, headers, data, expected, label)
     assert server.state() == before
 
 
-@pytest.mark.parametrize("method,path,expected", [
-    ("GET", "/msg/", 405), ("PUT", "/apply/", 405), ("DELETE", "/", 405),
-    ("GET", "/init/", 405), ("PATCH", "/reset/", 405), ("POST", "/status.json", 405),
-    ("GET", "/nowhere/", 404), ("POST", "/nowhere/", 404),
-    ("POST", "/status/", 403),  # not an API route: the CSRF check refuses it
-])
+@pytest.mark.parametrize(
+    "method,path,expected",
+    [
+        ("GET", "/msg/", 405),
+        ("PUT", "/apply/", 405),
+        ("DELETE", "/", 405),
+        ("GET", "/init/", 405),
+        ("PATCH", "/reset/", 405),
+        ("POST", "/status.json", 405),
+        ("GET", "/nowhere/", 404),
+        ("POST", "/nowhere/", 404),
+        ("POST", "/status/", 403),  # not an API route: the CSRF check refuses it
+    ],
+)
 def test_wrong_method_or_route(server: Server, method: str, path: str, expected: int) -> None:
     before = server.state()
-    status, headers, data = server.request(method, path, b"{}" if method != "GET" else None,
-                                           server.auth())
+    status, headers, data = server.request(
+        method, path, b"{}" if method != "GET" else None, server.auth()
+    )
     _assert_json_error(status, headers, data, expected, f"{method} {path}")
     if expected == 405:
         assert headers.get("allow")
@@ -351,8 +425,10 @@ def test_wrong_method_or_route(server: Server, method: str, path: str, expected:
 
 def test_lying_content_length_is_refused_without_reading(server: Server) -> None:
     with socket.create_connection(("127.0.0.1", server.port), timeout=10) as sock:
-        sock.sendall(b"POST /msg/ HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json"
-                     b"\r\nContent-Length: 1000000000\r\n\r\n{}")
+        sock.sendall(
+            b"POST /msg/ HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json"
+            b"\r\nContent-Length: 1000000000\r\n\r\n{}"
+        )
         data = b""
         while b"\r\n\r\n" not in data:
             chunk = sock.recv(65536)
@@ -385,17 +461,26 @@ def test_protocol_garbage(server: Server) -> None:
 def test_token_required_on_writes(token_server: Server) -> None:
     srv = token_server
     init = {"msg_type": "reset", "num_workers": 2, "epsilon": 0.0}
-    for headers in ({}, {"X-ESync-Token": "wrong"}, {"Authorization": "Bearer wrong"},
-                    {"Authorization": TOKEN}):
+    for headers in (
+        {},
+        {"X-ESync-Token": "wrong"},
+        {"Authorization": "Bearer wrong"},
+        {"Authorization": TOKEN},
+    ):
         status, obj = srv.json("POST", "/msg/", init, headers=headers)
         assert status == 403 and "token" in obj["error"], headers
-        status, obj = srv.json("POST", "/init/", form={"num_workers": 2, "epsilon": 0},
-                               headers=headers)
+        status, obj = srv.json(
+            "POST", "/init/", form={"num_workers": 2, "epsilon": 0}, headers=headers
+        )
         assert status == 403, headers
     assert srv.state()["initialized"] is False
     assert srv.json("POST", "/msg/", init, headers={"X-ESync-Token": TOKEN})[0] == 200
-    assert srv.json("POST", "/apply/", form={"r": 0, "k": 0, "c": 1, "te": 1},
-                    headers={"Authorization": f"Bearer {TOKEN}"}) == (200, {"ready": 0})
+    assert srv.json(
+        "POST",
+        "/apply/",
+        form={"r": 0, "k": 0, "c": 1, "te": 1},
+        headers={"Authorization": f"Bearer {TOKEN}"},
+    ) == (200, {"ready": 0})
     assert srv.json("GET", "/")[0] == 200  # reads need no token
     assert srv.request("GET", "/status/")[0] == 200
 
@@ -403,12 +488,12 @@ def test_token_required_on_writes(token_server: Server) -> None:
 def test_allowed_hosts(token_server: Server) -> None:
     """The token servers run with ESYNC_ALLOWED_HOSTS=127.0.0.1,localhost."""
     for path in ("/status.json", "/status/", "/"):
-        status, headers, data = token_server.request("GET", path,
-                                                      headers={"Host": "evil.example"})
+        status, headers, data = token_server.request("GET", path, headers={"Host": "evil.example"})
         _assert_json_error(status, headers, data, 400, path)
         assert b"evil.example" in data
     status, headers, data = token_server.request(
-        "POST", "/msg/", b"{}", {"Host": "evil.example", "X-ESync-Token": TOKEN})
+        "POST", "/msg/", b"{}", {"Host": "evil.example", "X-ESync-Token": TOKEN}
+    )
     _assert_json_error(status, headers, data, 400, "POST /msg/")
     assert token_server.request("GET", "/status.json", headers={"Host": "localhost"})[0] == 200
 
@@ -418,8 +503,10 @@ def test_client_with_and_without_token(token_server: Server) -> None:
         client.init(2, 0.0)
         assert client.query(0, 0, 0.1, time.time()) == "compute"
     start = time.monotonic()
-    with StateClient(token_server.url, token="nope", retry_for=30) as client, \
-            pytest.raises(StateServerError) as err:
+    with (
+        StateClient(token_server.url, token="nope", retry_for=30) as client,
+        pytest.raises(StateServerError) as err,
+    ):
         client.reset(0, 2, time.time())
     assert time.monotonic() - start < 5  # a 4xx is not retried
     assert "403" in str(err.value) and "token" in str(err.value)
@@ -493,8 +580,9 @@ class _FlakyHandler(http.server.BaseHTTPRequestHandler):
         length = int(self.headers["Content-Length"])
         msg = json.loads(self.rfile.read(length))
         self.seen.append(msg["msg_type"])
-        body = json.dumps({"msg_type": "response", "rank": msg["rank"], "round": 1,
-                           "action": "sync"}).encode()
+        body = json.dumps(
+            {"msg_type": "response", "rank": msg["rank"], "round": 1, "action": "sync"}
+        ).encode()
         self.send_response(200)
         self.send_header("Content-Type", "application/json")
         self.send_header("Content-Length", str(len(body)))

@@ -106,9 +106,13 @@ SCENARIOS: dict[str, list[tuple]] = {
         ("query", 0, 9, 0.1, 11.0, 11.0, SYNC),
         ("reset", 0, 2, 12.0, 12.0),
         ("round", 2),
-        ("state", 0, "k", 0), ("state", 0, "ready", False), ("state", 0, "t", 2),
+        ("state", 0, "k", 0),
+        ("state", 0, "ready", False),
+        ("state", 0, "t", 2),
         ("state", 0, "te", 12.0),
-        ("state", 1, "k", 0), ("state", 1, "ready", False), ("state", 1, "t", 1),
+        ("state", 1, "k", 0),
+        ("state", 1, "ready", False),
+        ("state", 1, "t", 1),
     ],
     "rounds numbered by the round just finished (1, 2, ...): the first reset clears": [
         ("init", 2, 0.0),
@@ -117,7 +121,9 @@ SCENARIOS: dict[str, list[tuple]] = {
         ("query", 1, 1, 1.0, 11.0, 11.0, SYNC),
         ("query", 0, 3, 0.1, 11.0, 11.0, SYNC),
         ("reset", 0, 1, 12.0, 12.0),
-        ("round", 1), ("state", 0, "ready", False), ("state", 1, "ready", False),
+        ("round", 1),
+        ("state", 0, "ready", False),
+        ("state", 1, "ready", False),
         ("reset", 1, 1, 12.0, 12.0),
         ("query", 0, 1, 0.1, 12.1, 12.1, COMPUTE),  # rest 0.9
     ],
@@ -126,7 +132,8 @@ SCENARIOS: dict[str, list[tuple]] = {
         ("report", 0, 1, 0.1, 10.0, 10.0),
         ("query", 1, 1, 1.0, 11.0, 11.0, SYNC),
         ("reset", 1, 2, 12.0, 12.0),
-        ("round", 2), ("state", 1, "ready", False),
+        ("round", 2),
+        ("state", 1, "ready", False),
     ],
     "a reset into the same round keeps the others' ready flags": [
         ("init", 2, 0.0),
@@ -139,7 +146,8 @@ SCENARIOS: dict[str, list[tuple]] = {
     ],
     "a slowest that has not reset into the round: others compute": [
         ("init", 2, 0.0),
-        ("reset", 0, 1, 10.0, 10.0), ("reset", 1, 1, 10.0, 10.0),
+        ("reset", 0, 1, 10.0, 10.0),
+        ("reset", 1, 1, 10.0, 10.0),
         ("query", 0, 1, 0.1, 10.1, 10.1, COMPUTE),  # rank 1's capability is unknown
         ("query", 1, 1, 1.0, 11.0, 11.0, SYNC),
         ("query", 0, 5, 0.1, 11.0, 11.0, SYNC),
@@ -168,16 +176,19 @@ SCENARIOS: dict[str, list[tuple]] = {
         ("init", 2, 0.0),
         ("reset", 0, 5, 10.0, 10.0),
         ("reset", 1, 3, 10.0, 10.0),
-        ("round", 5), ("state", 1, "t", 3),
+        ("round", 5),
+        ("state", 1, "t", 3),
         ("report", 0, 1, 0.1, 10.1, 10.1),
         ("query", 1, 1, 1.0, 11.0, 11.0, SYNC),  # it computes, so it is in the current round
         ("state", 1, "t", 5),
     ],
     "paper 4.1: two equal stragglers, the second asks first": [
         ("init", 3, 0.0),
-        ("reset", 0, 2, 100.0, 100.0), ("reset", 1, 2, 100.0, 100.0),
+        ("reset", 0, 2, 100.0, 100.0),
+        ("reset", 1, 2, 100.0, 100.0),
         ("reset", 2, 2, 100.0, 100.0),
-        ("report", 0, 0, 0.25, 100.0, 100.0), ("report", 1, 0, 1.0, 100.0, 100.0),
+        ("report", 0, 0, 0.25, 100.0, 100.0),
+        ("report", 1, 0, 1.0, 100.0, 100.0),
         ("report", 2, 0, 1.0, 100.0, 100.0),
         ("query", 0, 1, 0.25, 100.25, 100.25, COMPUTE),  # rest 0.75
         ("query", 2, 1, 1.0, 101.0, 101.0, SYNC),  # not argmax by rank, still a straggler
@@ -188,7 +199,8 @@ SCENARIOS: dict[str, list[tuple]] = {
         # Plain argmax picks rank 1; rank 2 would see rest = c and, as c + 0 > c is false,
         # compute one more batch while everyone waits. Both are stragglers: both sync.
         ("init", 3, 0.0),
-        ("reset", 0, 2, 100.0, 100.0), ("reset", 1, 2, 100.0, 100.0),
+        ("reset", 0, 2, 100.0, 100.0),
+        ("reset", 1, 2, 100.0, 100.0),
         ("reset", 2, 2, 100.0, 100.0),
         ("report", 0, 4, 0.25, 101.0, 101.0),
         ("report", 1, 1, 1.0, 101.0, 101.0),
@@ -198,9 +210,11 @@ SCENARIOS: dict[str, list[tuple]] = {
     ],
     "paper 4.1: two equal stragglers, a fast worker waits for the one still busy": [
         ("init", 3, 0.0),
-        ("reset", 0, 2, 100.0, 100.0), ("reset", 1, 2, 100.0, 100.0),
+        ("reset", 0, 2, 100.0, 100.0),
+        ("reset", 1, 2, 100.0, 100.0),
         ("reset", 2, 2, 100.5, 100.5),  # rank 2 started half a second later
-        ("report", 0, 0, 0.25, 100.0, 100.0), ("report", 1, 0, 1.0, 100.0, 100.0),
+        ("report", 0, 0, 0.25, 100.0, 100.0),
+        ("report", 1, 0, 1.0, 100.0, 100.0),
         ("report", 2, 0, 1.0, 100.5, 100.5),
         ("query", 1, 1, 1.0, 101.0, 101.0, SYNC),
         # rank 1 is ready, but rank 2 will reach the barrier 0.5 s later: keep computing
@@ -266,23 +280,36 @@ def test_init_forgets_the_previous_run() -> None:
 
 
 def test_snapshot_and_upstream_view() -> None:
-    sched = run_steps([("init", 2, 0.5), ("reset", 1, 1, 10.0, 10.0),
-                       ("report", 1, 3, 0.2, 10.6, 11.0)])
+    sched = run_steps(
+        [("init", 2, 0.5), ("reset", 1, 1, 10.0, 10.0), ("report", 1, 3, 0.2, 10.6, 11.0)]
+    )
     snap = sched.snapshot(12.0)
     assert snap["workers"][0]["reported"] is False and snap["workers"][0]["last_seen"] is None
-    assert snap["workers"][1] | {} == {"rank": 1, "round": 1, "k": 3, "c": 0.2, "te": 10.6,
-                                       "ready": False, "last_seen": 11.0, "reported": True}
+    assert snap["workers"][1] | {} == {
+        "rank": 1,
+        "round": 1,
+        "k": 3,
+        "c": 0.2,
+        "te": 10.6,
+        "ready": False,
+        "last_seen": 11.0,
+        "reported": True,
+    }
     assert snap["slowest"] is None  # rank 0 unknown
     assert sched.upstream_view() == {
-        "num_workers": 2, "t": 1, "epsilon": 0.5,
-        "records": [[0, 0, 0.0, 0.0, False, 1], [1, 3, 0.2, 10.6, False, 1]]}
+        "num_workers": 2,
+        "t": 1,
+        "epsilon": 0.5,
+        "records": [[0, 0, 0.0, 0.0, False, 1], [1, 3, 0.2, 10.6, False, 1]],
+    }
 
 
 # --- liveness: simulated runs with a synchronisation barrier ----------------------------
 
 
-def simulate(caps: list[float], eps: float, rounds: int, start_lag: list[float],
-             reset_lag: float, seed: int) -> list[list[int]]:
+def simulate(
+    caps: list[float], eps: float, rounds: int, start_lag: list[float], reset_lag: float, seed: int
+) -> list[list[int]]:
     """Discrete-event run of ESync workers; returns the k of every worker in every round.
 
     A worker queries before each batch; ``compute`` costs it ``caps[r]`` seconds, ``sync``
@@ -325,14 +352,18 @@ def simulate(caps: list[float], eps: float, rounds: int, start_lag: list[float],
     return per_round
 
 
-@pytest.mark.parametrize("caps,eps", [
-    ([0.01, 0.02, 0.05], 0.0),
-    ([0.01, 0.05, 0.05], 0.0),  # two equal stragglers
-    ([0.03, 0.03, 0.03, 0.03], 0.0),  # all equal
-    ([0.002, 0.01, 0.011, 0.3], 0.005),
-])
-def test_runs_never_deadlock_and_the_slowest_does_one_iteration(caps: list[float],
-                                                               eps: float) -> None:
+@pytest.mark.parametrize(
+    "caps,eps",
+    [
+        ([0.01, 0.02, 0.05], 0.0),
+        ([0.01, 0.05, 0.05], 0.0),  # two equal stragglers
+        ([0.03, 0.03, 0.03, 0.03], 0.0),  # all equal
+        ([0.002, 0.01, 0.011, 0.3], 0.005),
+    ],
+)
+def test_runs_never_deadlock_and_the_slowest_does_one_iteration(
+    caps: list[float], eps: float
+) -> None:
     slow = max(caps)
     for seed in range(5):
         lag = [random.Random(seed).uniform(0, 0.05) for _ in caps]
@@ -353,8 +384,7 @@ VALID = [
     ({"msg_type": "init", "num_workers": 3, "epsilon": 0}, InitMsg(3, 0.0)),
     ({"msg_type": "reset", "rank": 1, "t": 2, "te": 1.5}, ResetMsg(1, 2, 1.5)),
     ({"msg_type": "report", "rank": 0, "k": 0, "c": 0, "te": 0}, ReportMsg(0, 0, 0.0, 0.0)),
-    ({"msg_type": "query", "rank": 2, "k": 4, "c": 0.01, "te": 1.7e9},
-     QueryMsg(2, 4, 0.01, 1.7e9)),
+    ({"msg_type": "query", "rank": 2, "k": 4, "c": 0.01, "te": 1.7e9}, QueryMsg(2, 4, 0.01, 1.7e9)),
 ]
 
 
@@ -397,17 +427,20 @@ def test_parse_invalid(obj: object, needle: str) -> None:
     assert needle in str(err.value)
 
 
-@pytest.mark.parametrize("body,needle", [
-    (b"", "empty"),
-    (b"{", "not valid JSON"),
-    (b'{"c": NaN}', "NaN is not a number"),
-    (b'{"c": Infinity}', "Infinity is not a number"),
-    (b'{"a": 1, "a": 2}', "duplicate key"),
-    (b"\xff\xfe{}", "not UTF-8"),
-    (b"[" * 100_000, "exceeds"),
-    (b"[" * 60_000, "nested too deeply"),
-    (b'{"k": ' + b"9" * 5000 + b"}", "not valid JSON"),
-])
+@pytest.mark.parametrize(
+    "body,needle",
+    [
+        (b"", "empty"),
+        (b"{", "not valid JSON"),
+        (b'{"c": NaN}', "NaN is not a number"),
+        (b'{"c": Infinity}', "Infinity is not a number"),
+        (b'{"a": 1, "a": 2}', "duplicate key"),
+        (b"\xff\xfe{}", "not UTF-8"),
+        (b"[" * 100_000, "exceeds"),
+        (b"[" * 60_000, "nested too deeply"),
+        (b'{"k": ' + b"9" * 5000 + b"}", "not valid JSON"),
+    ],
+)
 def test_decode_json_rejects(body: bytes, needle: str) -> None:
     with pytest.raises(MessageError) as err:
         decode_json(body)
@@ -415,16 +448,19 @@ def test_decode_json_rejects(body: bytes, needle: str) -> None:
 
 
 def test_parse_fields_upstream_forms() -> None:
-    assert parse_fields("query", {"r": "1", "k": "2", "c": "0.5", "te": "3"}) == \
-        QueryMsg(1, 2, 0.5, 3.0)
+    assert parse_fields("query", {"r": "1", "k": "2", "c": "0.5", "te": "3"}) == QueryMsg(
+        1, 2, 0.5, 3.0
+    )
     assert parse_fields("init", {"num_workers": "4", "epsilon": "0.5"}) == InitMsg(4, 0.5)
     assert parse_fields("reset", {"r": 0, "t": 2, "te": 1.0}) == ResetMsg(0, 2, 1.0)
-    for fields, needle in [({"r": "x", "k": "2", "c": "0.5", "te": "3"}, "'rank' must be an int"),
-                           ({"r": "1", "k": "2", "c": "nan", "te": "3"}, "'c' must be finite"),
-                           ({"r": "1", "k": "2", "c": "inf", "te": "3"}, "'c' must be finite"),
-                           ({"r": "1", "k": "2.5", "c": "1", "te": "3"}, "'k' must be an int"),
-                           ({"rank": "1", "k": "2", "c": "1", "te": "3"}, "names the rank 'r'"),
-                           ({"r": "1", "k": "2", "c": "1"}, "missing field(s) 'te'")]:
+    for fields, needle in [
+        ({"r": "x", "k": "2", "c": "0.5", "te": "3"}, "'rank' must be an int"),
+        ({"r": "1", "k": "2", "c": "nan", "te": "3"}, "'c' must be finite"),
+        ({"r": "1", "k": "2", "c": "inf", "te": "3"}, "'c' must be finite"),
+        ({"r": "1", "k": "2.5", "c": "1", "te": "3"}, "'k' must be an int"),
+        ({"rank": "1", "k": "2", "c": "1", "te": "3"}, "names the rank 'r'"),
+        ({"r": "1", "k": "2", "c": "1"}, "missing field(s) 'te'"),
+    ]:
         with pytest.raises(MessageError) as err:
             parse_fields("query", fields)
         assert needle in str(err.value)

@@ -45,15 +45,19 @@ def check_dmlc_env(env: Mapping[str, str] = os.environ) -> dict[str, object]:
     if not uri:
         problems.append("DMLC_PS_ROOT_URI is not set (the scheduler's IP address)")
     values["DMLC_PS_ROOT_URI"] = uri
-    for name, low, high in (("DMLC_PS_ROOT_PORT", 1, 65535), ("DMLC_NUM_SERVER", 1, 1024),
-                            ("DMLC_NUM_WORKER", 1, 4096)):
+    for name, low, high in (
+        ("DMLC_PS_ROOT_PORT", 1, 65535),
+        ("DMLC_NUM_SERVER", 1, 1024),
+        ("DMLC_NUM_WORKER", 1, 4096),
+    ):
         try:
             values[name] = _int_var(env, name, low, high)
         except ClusterConfigError as exc:
             problems.append(str(exc))
     if problems:
         raise ClusterConfigError(
-            "cannot join the MXNet cluster: " + "; ".join(problems)
+            "cannot join the MXNet cluster: "
+            + "; ".join(problems)
             + ". Set DMLC_ROLE, DMLC_PS_ROOT_URI, DMLC_PS_ROOT_PORT, DMLC_NUM_SERVER and "
             "DMLC_NUM_WORKER identically on every node (see docs/deployment.md)."
         )
@@ -67,8 +71,11 @@ def run_scheduler_or_server(role: str) -> None:
     ``sys.exit()`` once every worker has finished, so this import never returns normally.
     """
     check_dmlc_env()
-    print(f"[{role}] starting MXNet {role} for {os.environ['DMLC_NUM_WORKER']} workers at "
-          f"{os.environ['DMLC_PS_ROOT_URI']}:{os.environ['DMLC_PS_ROOT_PORT']}", flush=True)
+    print(
+        f"[{role}] starting MXNet {role} for {os.environ['DMLC_NUM_WORKER']} workers at "
+        f"{os.environ['DMLC_PS_ROOT_URI']}:{os.environ['DMLC_PS_ROOT_PORT']}",
+        flush=True,
+    )
     import mxnet  # noqa: F401  (runs the role and exits)
 
     print(f"[{role}] MXNet returned without serving; is DMLC_ROLE exported?", file=sys.stderr)
@@ -103,7 +110,8 @@ class JoinWatchdog:
             f"from the scheduler at {env['DMLC_PS_ROOT_URI']}:{env['DMLC_PS_ROOT_PORT']}, or "
             f"not all {env['DMLC_NUM_WORKER']} workers and {env['DMLC_NUM_SERVER']} servers "
             "joined (are DMLC_NUM_WORKER / DMLC_NUM_SERVER the same on every node?)",
-            file=sys.stderr, flush=True,
+            file=sys.stderr,
+            flush=True,
         )
         os._exit(3)
 
@@ -116,5 +124,6 @@ def create_kvstore(kv_type: str):
     expected = int(os.environ["DMLC_NUM_WORKER"])
     if kv.num_workers != expected:
         raise ClusterConfigError(
-            f"KVStore reports {kv.num_workers} workers but DMLC_NUM_WORKER={expected}")
+            f"KVStore reports {kv.num_workers} workers but DMLC_NUM_WORKER={expected}"
+        )
     return kv

@@ -29,8 +29,10 @@ def pick_device(gpu: int | None, force_cpu: bool) -> tuple[mx.Context, str]:
         return mx.cpu(), "cpu"
     available = mx.context.num_gpus()
     if gpu < 0 or gpu >= available:
-        print(f"warning: GPU {gpu} asked for but {available} GPU(s) found; using the CPU",
-              file=sys.stderr)
+        print(
+            f"warning: GPU {gpu} asked for but {available} GPU(s) found; using the CPU",
+            file=sys.stderr,
+        )
         return mx.cpu(), "cpu"
     return mx.gpu(gpu), f"gpu{gpu}"
 
@@ -80,8 +82,16 @@ def evaluate(model: Model, data: Dataset, size: int, batch_size: int) -> tuple[f
 class Worker:
     """Runs the loop: compute batches, and synchronise when the mode says so."""
 
-    def __init__(self, args: argparse.Namespace, mode: Mode, model: Model, data: Dataset,
-                 batches: BatchIterator, size: int, log: RunLog) -> None:
+    def __init__(
+        self,
+        args: argparse.Namespace,
+        mode: Mode,
+        model: Model,
+        data: Dataset,
+        batches: BatchIterator,
+        size: int,
+        log: RunLog,
+    ) -> None:
         self.args = args
         self.mode = mode
         self.model = model
@@ -113,8 +123,11 @@ class Worker:
         on a shared 2-core host one batch can take 5x longer than the next, and multiplying
         that noise by S would emulate an erratic device instead of a slower one.
         """
-        self.busy_avg = busy if self.busy_avg == 0.0 else (
-            BUSY_SMOOTHING * busy + (1.0 - BUSY_SMOOTHING) * self.busy_avg)
+        self.busy_avg = (
+            busy
+            if self.busy_avg == 0.0
+            else (BUSY_SMOOTHING * busy + (1.0 - BUSY_SMOOTHING) * self.busy_avg)
+        )
         return self.busy_avg
 
     def compute_batch(self, progress: Progress, stats: RoundStats) -> None:
@@ -128,8 +141,9 @@ class Worker:
         if self.args.slowdown > 1.0:
             time.sleep((self.args.slowdown - 1.0) * self._typical_busy(busy))
         seconds = time.perf_counter() - started
-        progress.c = seconds if progress.c == 0.0 else (
-            SMOOTHING * seconds + (1.0 - SMOOTHING) * progress.c)
+        progress.c = (
+            seconds if progress.c == 0.0 else (SMOOTHING * seconds + (1.0 - SMOOTHING) * progress.c)
+        )
         progress.k += 1
         progress.te = time.time()
         stats.compute_s += seconds
@@ -148,7 +162,8 @@ class Worker:
         if args.eval_every and round_no % args.eval_every == 0:
             return True
         return bool(args.eval_interval) and (
-            time.perf_counter() - self.last_eval >= args.eval_interval)
+            time.perf_counter() - self.last_eval >= args.eval_interval
+        )
 
     def end_round(self, round_no: int, stats: RoundStats, stop: bool, started: float) -> None:
         """Evaluate (rank 0), checksum, and write the round's record."""
@@ -159,8 +174,11 @@ class Worker:
             self.last_eval = time.perf_counter()
             stats.eval_s += self.last_eval - t0
             stats.extra.update(test_acc=round(acc, 6), test_loss=round(loss, 6))
-            print(f"[Iteration {round_no}] Test Acc {acc:.3f} Loss {loss:.4f} "
-                  f"Time {self.log.elapsed():.1f}s", flush=True)
+            print(
+                f"[Iteration {round_no}] Test Acc {acc:.3f} Loss {loss:.4f} "
+                f"Time {self.log.elapsed():.1f}s",
+                flush=True,
+            )
         every = args.checksum_every
         if self.mode.agrees_on_params and every > 0 and (round_no % every == 0 or stop):
             stats.extra["checksum"] = self.model.checksum()
@@ -175,8 +193,7 @@ class Worker:
         while True:
             if self.mode.should_sync(progress, stats):
                 round_no += 1
-                stop = self.mode.synchronise(self.model, stats, round_no,
-                                             self.wants_stop(round_no))
+                stop = self.mode.synchronise(self.model, stats, round_no, self.wants_stop(round_no))
                 self.end_round(round_no, stats, stop, round_started)
                 if stop:
                     return round_no
@@ -202,26 +219,42 @@ def run(args: argparse.Namespace, distributed: bool) -> int:
     else:
         mode.setup(model, None)
     rank, num_workers = mode.rank, mode.num_workers
-    shard = (partition(data.train_y, num_workers, rank, bool(args.split_by_class), args.seed)
-             if distributed else np.arange(len(data.train_y)))
-    batches = BatchIterator(data.train_x, data.train_y, shard, args.batch_size,
-                            seed=args.seed * 1000 + rank, size=size)
+    shard = (
+        partition(data.train_y, num_workers, rank, bool(args.split_by_class), args.seed)
+        if distributed
+        else np.arange(len(data.train_y))
+    )
+    batches = BatchIterator(
+        data.train_x, data.train_y, shard, args.batch_size, seed=args.seed * 1000 + rank, size=size
+    )
     host = socket.gethostname()
     folder = worker_dir(args.log_dir, args.network, mode_dir_name(args), device, rank, host)
     meta = {
-        "mode": mode_dir_name(args).removesuffix("-niid"), "network": args.network,
-        "dataset": args.dataset, "split": "niid" if args.split_by_class else "iid",
-        "rank": rank, "num_workers": num_workers, "host": host, "device": device,
-        "slowdown": args.slowdown, "batch_size": args.batch_size, "lr": args.lr,
-        "local_lr": args.local_lr, "global_lr": args.global_lr, "shard_size": len(shard),
-        "pid": os.getpid(), "argv": sys.argv,
+        "mode": mode_dir_name(args).removesuffix("-niid"),
+        "network": args.network,
+        "dataset": args.dataset,
+        "split": "niid" if args.split_by_class else "iid",
+        "rank": rank,
+        "num_workers": num_workers,
+        "host": host,
+        "device": device,
+        "slowdown": args.slowdown,
+        "batch_size": args.batch_size,
+        "lr": args.lr,
+        "local_lr": args.local_lr,
+        "global_lr": args.global_lr,
+        "shard_size": len(shard),
+        "pid": os.getpid(),
+        "argv": sys.argv,
     }
     worker = Worker(args, mode, model, data, batches, size, RunLog(folder, meta))
     worker.warm_up()
-    print(f"[worker {rank}/{num_workers}] {mode.name} {args.network} on {device}, shard "
-          f"{len(shard)} samples, slowdown {args.slowdown:g}, logs in {folder}", flush=True)
+    print(
+        f"[worker {rank}/{num_workers}] {mode.name} {args.network} on {device}, shard "
+        f"{len(shard)} samples, slowdown {args.slowdown:g}, logs in {folder}",
+        flush=True,
+    )
     rounds = worker.run()
     worker.log.close()
-    print(f"[worker {rank}] done after {rounds} rounds in {worker.log.elapsed():.1f}s",
-          flush=True)
+    print(f"[worker {rank}] done after {rounds} rounds in {worker.log.elapsed():.1f}s", flush=True)
     return 0

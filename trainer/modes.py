@@ -64,8 +64,9 @@ def nbytes(arrays: list[mx.nd.NDArray]) -> int:
     return sum(a.size * a.dtype(0).itemsize for a in arrays)
 
 
-def sgd_step(weights: list[mx.nd.NDArray], grads: list[mx.nd.NDArray], lr: float,
-             rescale: float) -> None:
+def sgd_step(
+    weights: list[mx.nd.NDArray], grads: list[mx.nd.NDArray], lr: float, rescale: float
+) -> None:
     """Plain SGD in place: w -= lr * rescale * g."""
     for w, g in zip(weights, grads, strict=True):
         mx.nd.sgd_update(w, g, lr=lr, wd=0.0, rescale_grad=rescale, out=w)
@@ -149,8 +150,9 @@ class _SummingMode(Mode):
         self.exchange = SumExchange(kv, template)
         self.exchange.init_and_pull(template)
 
-    def _exchange(self, model: Model, values: list[mx.nd.NDArray], stats: RoundStats,
-                  stop: bool) -> tuple[list[mx.nd.NDArray], bool]:
+    def _exchange(
+        self, model: Model, values: list[mx.nd.NDArray], stats: RoundStats, stop: bool
+    ) -> tuple[list[mx.nd.NDArray], bool]:
         """Sum ``values`` (one per weight) over workers; average the BatchNorm statistics."""
         self.stop_flag[:] = 1.0 if stop else 0.0
         sums = self.exchange(values + model.aux + [self.stop_flag], stats)
@@ -181,8 +183,9 @@ class ESyncMode(_SummingMode):
 
     name = "esync"
 
-    def __init__(self, lr: float, batch_size: int, global_lr: float, client: StateClient,
-                 epsilon: float) -> None:
+    def __init__(
+        self, lr: float, batch_size: int, global_lr: float, client: StateClient, epsilon: float
+    ) -> None:
         super().__init__(lr, batch_size)
         self.global_lr = global_lr
         self.client = client

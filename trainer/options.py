@@ -66,60 +66,147 @@ def build_parser() -> argparse.ArgumentParser:
         description="ESync worker / standalone trainer. With DMLC_ROLE=scheduler|server it runs "
         "the MXNet (ps-lite) scheduler or parameter server instead.",
     )
-    p.add_argument("-m", "--mode", choices=MODES, default=config.MODE,
-                   help="esync (paper Alg. 1), sync (SSGD), async (ASGD), local (one device)")
+    p.add_argument(
+        "-m",
+        "--mode",
+        choices=MODES,
+        default=config.MODE,
+        help="esync (paper Alg. 1), sync (SSGD), async (ASGD), local (one device)",
+    )
     p.add_argument("-n", "--network", choices=MODEL_NAMES, default=config.NETWORK)
     p.add_argument("--dataset", choices=DATASETS, default=config.DATASET)
-    p.add_argument("-b", "--batch-size", dest="batch_size", type=_positive_int,
-                   default=config.BATCH_SIZE, help="per-worker batch size")
-    p.add_argument("-l", "--learning-rate", dest="lr", type=_positive_float,
-                   default=config.LEARNING_RATE, help="SGD learning rate (sync, async, local)")
-    p.add_argument("-ll", "--local-lr", dest="local_lr", type=_positive_float, default=None,
-                   help="esync: learning rate of the local steps (default: -l)")
-    p.add_argument("-gl", "--global-lr", dest="global_lr", type=_positive_float,
-                   default=config.LEARNING_RATE_GLOBAL,
-                   help="esync: global step, w += gl * sum(delta) / p")
-    p.add_argument("-dcasgd", "--dcasgd", dest="dcasgd", type=_flag01, default=config.USE_DCASGD,
-                   help="1: async mode runs MXNet's DC-ASGD optimizer on the server")
-    p.add_argument("-s", "--split-by-class", dest="split_by_class", type=_flag01,
-                   default=config.SPLIT_BY_CLASS, help="1: non-iid split by class")
+    p.add_argument(
+        "-b",
+        "--batch-size",
+        dest="batch_size",
+        type=_positive_int,
+        default=config.BATCH_SIZE,
+        help="per-worker batch size",
+    )
+    p.add_argument(
+        "-l",
+        "--learning-rate",
+        dest="lr",
+        type=_positive_float,
+        default=config.LEARNING_RATE,
+        help="SGD learning rate (sync, async, local)",
+    )
+    p.add_argument(
+        "-ll",
+        "--local-lr",
+        dest="local_lr",
+        type=_positive_float,
+        default=None,
+        help="esync: learning rate of the local steps (default: -l)",
+    )
+    p.add_argument(
+        "-gl",
+        "--global-lr",
+        dest="global_lr",
+        type=_positive_float,
+        default=config.LEARNING_RATE_GLOBAL,
+        help="esync: global step, w += gl * sum(delta) / p",
+    )
+    p.add_argument(
+        "-dcasgd",
+        "--dcasgd",
+        dest="dcasgd",
+        type=_flag01,
+        default=config.USE_DCASGD,
+        help="1: async mode runs MXNet's DC-ASGD optimizer on the server",
+    )
+    p.add_argument(
+        "-s",
+        "--split-by-class",
+        dest="split_by_class",
+        type=_flag01,
+        default=config.SPLIT_BY_CLASS,
+        help="1: non-iid split by class",
+    )
     p.add_argument("-dd", "--data-dir", dest="data_dir", default=config.DATA_DIR)
     p.add_argument("-ld", "--log-dir", dest="log_dir", default=config.LOG_DIR)
-    p.add_argument("-e", "--eval-duration", dest="eval_every", type=_non_negative_int,
-                   default=config.EVAL_DURATION,
-                   help="rank 0 evaluates every this many rounds (iterations for async/local); "
-                   "0: only by --eval-interval and at the end")
-    p.add_argument("--eval-interval", dest="eval_interval", type=_non_negative_float,
-                   default=config.EVAL_INTERVAL,
-                   help="rank 0 also evaluates when this many seconds passed since the last "
-                   "evaluation (0: off); the same time resolution for every mode")
-    p.add_argument("-g", "--gpu", type=int, default=config.DEFAULT_GPU_ID,
-                   help="GPU index to use when one exists (CPU otherwise)")
-    p.add_argument("-c", "--cpu", type=_flag01, default=config.USE_CPU,
-                   help="1: force the CPU")
+    p.add_argument(
+        "-e",
+        "--eval-duration",
+        dest="eval_every",
+        type=_non_negative_int,
+        default=config.EVAL_DURATION,
+        help="rank 0 evaluates every this many rounds (iterations for async/local); "
+        "0: only by --eval-interval and at the end",
+    )
+    p.add_argument(
+        "--eval-interval",
+        dest="eval_interval",
+        type=_non_negative_float,
+        default=config.EVAL_INTERVAL,
+        help="rank 0 also evaluates when this many seconds passed since the last "
+        "evaluation (0: off); the same time resolution for every mode",
+    )
+    p.add_argument(
+        "-g",
+        "--gpu",
+        type=int,
+        default=config.DEFAULT_GPU_ID,
+        help="GPU index to use when one exists (CPU otherwise)",
+    )
+    p.add_argument("-c", "--cpu", type=_flag01, default=config.USE_CPU, help="1: force the CPU")
     p.add_argument("-ip", "--state-server-ip", dest="ip", default=config.STATE_SERVER_IP)
-    p.add_argument("-port", "--state-server-port", dest="port", type=_port,
-                   default=config.STATE_SERVER_PORT)
-    p.add_argument("--epsilon", type=_non_negative_float, default=config.EPSILON,
-                   help="esync: Alg. 2 slack in seconds (sent by rank 0 when it resets)")
-    p.add_argument("--rounds", type=_positive_int, default=config.ROUNDS,
-                   help="stop after this many global rounds (esync, sync) or iterations "
-                   "(async, local)")
-    p.add_argument("--max-time", dest="max_time", type=_non_negative_float,
-                   default=config.MAX_TIME, help="stop after this many seconds (0: no limit)")
-    p.add_argument("--slowdown", type=_slowdown, default=config.SLOWDOWN,
-                   help="emulate a device this many times slower: wait (S-1) x compute time "
-                   "after each batch")
+    p.add_argument(
+        "-port", "--state-server-port", dest="port", type=_port, default=config.STATE_SERVER_PORT
+    )
+    p.add_argument(
+        "--epsilon",
+        type=_non_negative_float,
+        default=config.EPSILON,
+        help="esync: Alg. 2 slack in seconds (sent by rank 0 when it resets)",
+    )
+    p.add_argument(
+        "--rounds",
+        type=_positive_int,
+        default=config.ROUNDS,
+        help="stop after this many global rounds (esync, sync) or iterations (async, local)",
+    )
+    p.add_argument(
+        "--max-time",
+        dest="max_time",
+        type=_non_negative_float,
+        default=config.MAX_TIME,
+        help="stop after this many seconds (0: no limit)",
+    )
+    p.add_argument(
+        "--slowdown",
+        type=_slowdown,
+        default=config.SLOWDOWN,
+        help="emulate a device this many times slower: wait (S-1) x compute time after each batch",
+    )
     p.add_argument("--seed", type=int, default=config.SEED)
-    p.add_argument("--threads", type=_positive_int, default=config.NUM_THREADS,
-                   help="OMP / MKL threads of this process")
-    p.add_argument("--checksum-every", dest="checksum_every", type=int, default=1,
-                   help="log a CRC32 of the global parameters every N rounds (0: never)")
-    p.add_argument("--connect-timeout", dest="connect_timeout", type=_positive_float,
-                   default=120.0, help="seconds to wait for the MXNet cluster to form")
-    p.add_argument("--state-retry", dest="state_retry", type=_positive_float,
-                   default=config.STATE_SERVER_RETRY_S,
-                   help="seconds to keep retrying an unreachable State Server")
+    p.add_argument(
+        "--threads",
+        type=_positive_int,
+        default=config.NUM_THREADS,
+        help="OMP / MKL threads of this process",
+    )
+    p.add_argument(
+        "--checksum-every",
+        dest="checksum_every",
+        type=int,
+        default=1,
+        help="log a CRC32 of the global parameters every N rounds (0: never)",
+    )
+    p.add_argument(
+        "--connect-timeout",
+        dest="connect_timeout",
+        type=_positive_float,
+        default=120.0,
+        help="seconds to wait for the MXNet cluster to form",
+    )
+    p.add_argument(
+        "--state-retry",
+        dest="state_retry",
+        type=_positive_float,
+        default=config.STATE_SERVER_RETRY_S,
+        help="seconds to keep retrying an unreachable State Server",
+    )
     return p
 
 

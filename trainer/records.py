@@ -34,8 +34,9 @@ class RoundStats:
         return {"round": round_no, "time": round(elapsed, 6), **body, **extra}
 
 
-def worker_dir(log_dir: str, network: str, mode_dir: str, device: str, rank: int,
-               host: str | None = None) -> str:
+def worker_dir(
+    log_dir: str, network: str, mode_dir: str, device: str, rank: int, host: str | None = None
+) -> str:
     """``<log_dir>/<network>/<mode_dir>/<host>/<device>-rank<r>``."""
     host = host or socket.gethostname()
     return os.path.join(log_dir, network, mode_dir, host, f"{device}-rank{rank}")

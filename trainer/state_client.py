@@ -40,8 +40,13 @@ class StateClient:
     anything ``float()`` takes; the server validates the values (NaN, negative, ranges).
     """
 
-    def __init__(self, url: str = "http://127.0.0.1:10010", token: str | None = None,
-                 timeout: float = 5.0, retry_for: float = 60.0) -> None:
+    def __init__(
+        self,
+        url: str = "http://127.0.0.1:10010",
+        token: str | None = None,
+        timeout: float = 5.0,
+        retry_for: float = 60.0,
+    ) -> None:
         parts = urlsplit(url if "://" in url else f"http://{url}")
         if parts.scheme not in ("http", "https") or not parts.hostname:
             raise ValueError(f"State Server URL must be http(s)://host[:port], got {url!r}")
@@ -63,13 +68,21 @@ class StateClient:
 
     def init(self, num_workers: int, epsilon: float) -> None:
         """Start a new run on the server (forgets every record)."""
-        self._post_msg({"msg_type": "reset", "num_workers": index(num_workers),
-                        "epsilon": float(epsilon)})
+        self._post_msg(
+            {"msg_type": "reset", "num_workers": index(num_workers), "epsilon": float(epsilon)}
+        )
 
     def query(self, rank: int, k: int, c: float, te: float) -> str:
         """Report progress and ask what to do next: ``"compute"`` or ``"sync"``."""
-        reply = self._post_msg({"msg_type": "query", "rank": index(rank), "k": index(k),
-                                "c": float(c), "te": float(te)})
+        reply = self._post_msg(
+            {
+                "msg_type": "query",
+                "rank": index(rank),
+                "k": index(k),
+                "c": float(c),
+                "te": float(te),
+            }
+        )
         action = reply.get("action")
         if reply.get("msg_type") != "response" or action not in ("compute", "sync"):
             raise StateServerError(f"{self.url}/msg/: unexpected answer to a query: {reply!r}")
@@ -77,13 +90,19 @@ class StateClient:
 
     def report(self, rank: int, k: int, c: float, te: float) -> None:
         """Report progress (k local iterations, c seconds per batch, te last finish)."""
-        self._post_msg({"msg_type": "report", "rank": index(rank), "k": index(k),
-                        "c": float(c), "te": float(te)})
+        self._post_msg(
+            {
+                "msg_type": "report",
+                "rank": index(rank),
+                "k": index(k),
+                "c": float(c),
+                "te": float(te),
+            }
+        )
 
     def reset(self, rank: int, t: int, te: float) -> None:
         """Tell the server that worker ``rank`` starts round ``t`` at Unix time ``te``."""
-        self._post_msg({"msg_type": "reset", "rank": index(rank), "t": index(t),
-                        "te": float(te)})
+        self._post_msg({"msg_type": "reset", "rank": index(rank), "t": index(t), "te": float(te)})
 
     def status(self) -> dict:
         """The server's status (``GET /status.json``)."""
@@ -134,7 +153,8 @@ class StateClient:
                     raise StateServerUnreachable(
                         f"State Server {self.url} unreachable: {method} {path} failed "
                         f"{attempts} time(s) over {elapsed:.1f} s (retried for up to "
-                        f"{retry_for:g} s); last error: {error}")
+                        f"{retry_for:g} s); last error: {error}"
+                    )
                 time.sleep(min(delay, max(retry_for - elapsed, 0.0)))
                 delay = min(delay * 2, _BACKOFF_MAX_S)
 
@@ -171,8 +191,7 @@ class StateClient:
         try:
             obj = json.loads(data)
         except ValueError:
-            raise StateServerError(f"{where} -> HTTP {status}, not JSON: {data[:200]!r}") \
-                from None
+            raise StateServerError(f"{where} -> HTTP {status}, not JSON: {data[:200]!r}") from None
         if not isinstance(obj, dict):
             raise StateServerError(f"{where} -> HTTP {status}, not a JSON object: {obj!r}")
         return obj

@@ -57,8 +57,12 @@ _STOP = object()
 class Dispatcher:
     """A bounded FIFO queue drained by one thread that runs the router."""
 
-    def __init__(self, router: Router, maxsize: int = DEFAULT_QUEUE_SIZE,
-                 clock: Callable[[], float] = time.time) -> None:
+    def __init__(
+        self,
+        router: Router,
+        maxsize: int = DEFAULT_QUEUE_SIZE,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
         self.router = router
         self._queue: queue.Queue[Any] = queue.Queue(maxsize)
         self._clock = clock
@@ -73,8 +77,7 @@ class Dispatcher:
     def start(self) -> Dispatcher:
         """Start the dispatcher thread (idempotent)."""
         if self._thread is None or not self._thread.is_alive():
-            self._thread = threading.Thread(target=self._run, name="esync-dispatcher",
-                                            daemon=True)
+            self._thread = threading.Thread(target=self._run, name="esync-dispatcher", daemon=True)
             self._thread.start()
         return self
 
@@ -101,11 +104,13 @@ class Dispatcher:
             self._queue.put(job, timeout=put_timeout)
         except queue.Full:
             raise OverloadedError(
-                f"message queue full ({self._queue.maxsize} waiting); retry later") from None
+                f"message queue full ({self._queue.maxsize} waiting); retry later"
+            ) from None
         return job
 
-    def submit(self, msg: object, timeout: float = DEFAULT_TIMEOUT_S,
-               put_timeout: float = 1.0) -> Any:
+    def submit(
+        self, msg: object, timeout: float = DEFAULT_TIMEOUT_S, put_timeout: float = 1.0
+    ) -> Any:
         """Queue ``msg``, wait for the dispatcher, return the handler's reply or raise its error.
 
         Raises :class:`OverloadedError` when the queue stays full for ``put_timeout`` seconds

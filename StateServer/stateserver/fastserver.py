@@ -72,8 +72,10 @@ class FastRequestHandler(WSGIRequestHandler):
             return
         length = self.headers.get("Content-Length", "0").strip() or "0"
         if length.isdigit() and int(length) > MAX_BODY_BYTES:
-            self.send_error(HTTPStatus.REQUEST_ENTITY_TOO_LARGE,
-                            f"body of {length} bytes exceeds {MAX_BODY_BYTES} bytes")
+            self.send_error(
+                HTTPStatus.REQUEST_ENTITY_TOO_LARGE,
+                f"body of {length} bytes exceeds {MAX_BODY_BYTES} bytes",
+            )
             self._lingering_close()
             return
         handler = ServerHandler(self.rfile, self.wfile, self.get_stderr(), self.get_environ())
@@ -106,8 +108,7 @@ class FastRequestHandler(WSGIRequestHandler):
         except (OSError, ValueError):  # peer gone, or file already closed
             self.close_connection = True
 
-    def send_error(self, code: int, message: str | None = None,
-                   explain: str | None = None) -> None:
+    def send_error(self, code: int, message: str | None = None, explain: str | None = None) -> None:
         """Protocol-level error as JSON ``{"error": ...}``; the connection is closed."""
         try:
             status = HTTPStatus(code)
@@ -137,8 +138,9 @@ class FastWSGIServer(WSGIServer):
     request_queue_size = 128
     max_connections = 1000
 
-    def __init__(self, server_address: Any, handler_cls: Any = None, *args: Any,
-                 **kwargs: Any) -> None:
+    def __init__(
+        self, server_address: Any, handler_cls: Any = None, *args: Any, **kwargs: Any
+    ) -> None:
         super().__init__(server_address, FastRequestHandler, *args, **kwargs)
         self._open: set[int] = set()
         self._open_lock = threading.Lock()

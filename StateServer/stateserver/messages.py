@@ -86,8 +86,12 @@ class ResponseMsg:
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready dict, ``msg_type`` first."""
-        return {"msg_type": self.msg_type, "rank": self.rank, "round": self.round,
-                "action": self.action}
+        return {
+            "msg_type": self.msg_type,
+            "rank": self.rank,
+            "round": self.round,
+            "action": self.action,
+        }
 
 
 @dataclass(frozen=True, slots=True)
@@ -202,7 +206,8 @@ def parse_message(obj: object) -> WorkerMsg:
         raise MessageError("msg_type 'response' is sent by the server, not to it")
     if msg_type not in ("reset", "init", "report", "query"):
         raise MessageError(
-            f"unknown msg_type {_show(msg_type)}; expected reset, init, report or query")
+            f"unknown msg_type {_show(msg_type)}; expected reset, init, report or query"
+        )
     kind = msg_type
     if msg_type == "reset" and ("num_workers" in obj or "epsilon" in obj):
         kind = "init"
@@ -260,8 +265,7 @@ def decode_json(body: bytes) -> object:
         raise MessageError("body is empty; expected a JSON object")
     try:
         text = body.decode("utf-8")
-        return json.loads(text, parse_constant=_reject_constant,
-                          object_pairs_hook=_no_duplicates)
+        return json.loads(text, parse_constant=_reject_constant, object_pairs_hook=_no_duplicates)
     except UnicodeDecodeError as exc:
         raise MessageError(f"body is not UTF-8: {exc.reason} at byte {exc.start}") from None
     except RecursionError:

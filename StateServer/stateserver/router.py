@@ -62,8 +62,9 @@ DEFAULT_HANDLERS: dict[type, Handler] = {
 class Router:
     """Dispatch a parsed message to the handler of its type."""
 
-    def __init__(self, scheduler: Scheduler | None = None,
-                 handlers: dict[type, Handler] | None = None) -> None:
+    def __init__(
+        self, scheduler: Scheduler | None = None, handlers: dict[type, Handler] | None = None
+    ) -> None:
         self.scheduler = scheduler if scheduler is not None else Scheduler()
         self.handlers = dict(DEFAULT_HANDLERS if handlers is None else handlers)
 

@@ -37,8 +37,9 @@ class Scheduler:
 
     def init(self, num_workers: int, epsilon: float) -> None:
         """Start a new run: forget every record, round back to the first one."""
-        self.db = StateDB(num_workers=num_workers, epsilon=epsilon, round=INITIAL_ROUND,
-                          initialized=True)
+        self.db = StateDB(
+            num_workers=num_workers, epsilon=epsilon, round=INITIAL_ROUND, initialized=True
+        )
 
     def reset(self, rank: int, t: int, te: float, now: float) -> int:
         """Worker ``rank`` starts round ``t`` at ``te``; a newer round clears every k/ready."""
@@ -121,13 +122,30 @@ class Scheduler:
         workers = []
         for rank in range(db.num_workers):
             rec = db.records.get(rank)
-            row = rec.to_dict() if rec else {"rank": rank, "round": None, "k": 0, "c": 0.0,
-                                             "te": 0.0, "ready": False, "last_seen": None}
+            row = (
+                rec.to_dict()
+                if rec
+                else {
+                    "rank": rank,
+                    "round": None,
+                    "k": 0,
+                    "c": 0.0,
+                    "te": 0.0,
+                    "ready": False,
+                    "last_seen": None,
+                }
+            )
             row["reported"] = rec is not None
             workers.append(row)
-        return {"initialized": db.initialized, "num_workers": db.num_workers,
-                "epsilon": db.epsilon, "round": db.round, "server_time": now,
-                "slowest": slowest.rank if slowest else None, "workers": workers}
+        return {
+            "initialized": db.initialized,
+            "num_workers": db.num_workers,
+            "epsilon": db.epsilon,
+            "round": db.round,
+            "server_time": now,
+            "slowest": slowest.rank if slowest else None,
+            "workers": workers,
+        }
 
     def upstream_view(self) -> dict[str, Any]:
         """``GET /`` as the original ESync server: records are [r, k, c, te, ready, t]."""
@@ -139,15 +157,19 @@ class Scheduler:
                 records.append([rank, 0, 0.0, 0.0, False, db.round])
             else:
                 records.append([rank, rec.k, rec.c, rec.te, rec.ready, rec.t])
-        return {"num_workers": db.num_workers, "t": db.round, "epsilon": db.epsilon,
-                "records": records}
+        return {
+            "num_workers": db.num_workers,
+            "t": db.round,
+            "epsilon": db.epsilon,
+            "records": records,
+        }
 
     # --- checks -----------------------------------------------------------------------
 
     def _check_rank(self, rank: int) -> None:
         if not self.db.initialized:
             raise NotInitializedError(
-                "the State Server is not initialised: send init (num_workers, epsilon) first")
+                "the State Server is not initialised: send init (num_workers, epsilon) first"
+            )
         if not 0 <= rank < self.db.num_workers:
-            raise SchedulerError(
-                f"rank {rank} out of range: num_workers is {self.db.num_workers}")
+            raise SchedulerError(f"rank {rank} out of range: num_workers is {self.db.num_workers}")

@@ -28,8 +28,9 @@ def _flag(name: str) -> bool:
 
 DEBUG = _flag("ESYNC_DEBUG")
 SECRET_KEY = os.environ.get("ESYNC_SECRET_KEY") or secrets.token_urlsafe(64)
-ALLOWED_HOSTS = [h.strip() for h in os.environ.get("ESYNC_ALLOWED_HOSTS", "*").split(",")
-                 if h.strip()]
+ALLOWED_HOSTS = [
+    h.strip() for h in os.environ.get("ESYNC_ALLOWED_HOSTS", "*").split(",") if h.strip()
+]
 ESYNC_TOKEN = os.environ.get("ESYNC_TOKEN") or None
 
 INSTALLED_APPS = ["stateserver"]  # its management command overrides runserver
@@ -74,12 +75,14 @@ else:
 LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
-    "formatters": {"plain": {"format": "[{asctime}] {levelname} {name}: {message}",
-                             "style": "{"}},
+    "formatters": {"plain": {"format": "[{asctime}] {levelname} {name}: {message}", "style": "{"}},
     "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
     "loggers": {
-        "django.server": {"handlers": ["console"], "propagate": False,
-                          "level": "INFO" if _flag("ESYNC_ACCESS_LOG") else "WARNING"},
+        "django.server": {
+            "handlers": ["console"],
+            "propagate": False,
+            "level": "INFO" if _flag("ESYNC_ACCESS_LOG") else "WARNING",
+        },
         "django.request": {"handlers": ["console"], "level": "ERROR", "propagate": False},
         "stateserver": {"handlers": ["console"], "level": "INFO", "propagate": False},
     },

@@ -30,8 +30,15 @@ class WorkerRecord:
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready view of the record."""
-        return {"rank": self.rank, "round": self.t, "k": self.k, "c": self.c, "te": self.te,
-                "ready": self.ready, "last_seen": self.last_seen}
+        return {
+            "rank": self.rank,
+            "round": self.t,
+            "k": self.k,
+            "c": self.c,
+            "te": self.te,
+            "ready": self.ready,
+            "last_seen": self.last_seen,
+        }
 
 
 @dataclass(slots=True)

@@ -73,14 +73,17 @@ def api(methods: tuple[str, ...], write: bool) -> Callable[[View], View]:
         def wrapper(request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponse:
             request.get_host()  # validates ALLOWED_HOSTS (DisallowedHost: JSON 400)
             if request.method not in methods:
-                resp = json_error(405, f"method {request.method} not allowed; use "
-                                  f"{' or '.join(methods)}")
+                resp = json_error(
+                    405, f"method {request.method} not allowed; use {' or '.join(methods)}"
+                )
                 resp["Allow"] = ", ".join(methods)
                 return resp
             if write:
                 if not _token_ok(request):
-                    return json_error(403, "missing or wrong token (X-ESync-Token header "
-                                      "or Authorization: Bearer)")
+                    return json_error(
+                        403,
+                        "missing or wrong token (X-ESync-Token header or Authorization: Bearer)",
+                    )
                 error = _body_error(request)
                 if error is not None:
                     return error
@@ -203,16 +206,18 @@ def bad_request(request: HttpRequest, exception: Exception | None = None) -> Htt
     return json_error(400, f"bad request{': ' + detail if detail else ''}")
 
 
-def permission_denied(request: HttpRequest,
-                      exception: Exception | None = None) -> HttpResponse:
+def permission_denied(request: HttpRequest, exception: Exception | None = None) -> HttpResponse:
     """403 for Django-level refusals."""
     return json_error(403, "forbidden")
 
 
 def not_found(request: HttpRequest, exception: Exception | None = None) -> HttpResponse:
     """404 with the list of routes."""
-    return json_error(404, f"no route {request.path!r}; routes: POST /msg/, POST /init/, "
-                      "POST /apply/, POST /reset/, GET /, GET /status/, GET /status.json")
+    return json_error(
+        404,
+        f"no route {request.path!r}; routes: POST /msg/, POST /init/, "
+        "POST /apply/, POST /reset/, GET /, GET /status/, GET /status.json",
+    )
 
 
 def server_error(request: HttpRequest) -> HttpResponse:
