@@ -33,16 +33,11 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 PYTHON = sys.executable
 SERVER_DIR = ROOT / "StateServer"
+sys.path.insert(0, str(ROOT))
 
+from launch import free_port  # noqa: E402  (one definition for the launcher and the bench)
 
 # --- servers --------------------------------------------------------------------------
-
-
-def free_port() -> int:
-    """A TCP port that was free a moment ago."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def server_command(kind: str, port: int, threads: int) -> tuple[list[str], dict[str, str]]:
