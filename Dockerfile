@@ -4,7 +4,7 @@
 #   docker run --rm esync:latest                          # standalone run on the bundled digits
 #   docker run --rm -e DMLC_ROLE=worker -e DMLC_PS_ROOT_URI=... esync:latest -m esync ...
 #   docker run --rm -p 10010:10010 --entrypoint python esync:latest \
-#       StateServer/manage.py runserver 0.0.0.0:10010 --noreload
+#       -m StateServer runserver 0.0.0.0:10010 --noreload
 #
 # See docs/deployment.md and docker-compose.yml.
 FROM python:3.11-slim

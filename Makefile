@@ -33,7 +33,7 @@ lint: $(STAMP)
 	$(VENV)/bin/ruff format --check .
 
 bench-state-server: $(STAMP)
-	$(PY) bench/bench_state_server.py
+	$(PY) -m bench.bench_state_server
 
 # The full comparison of docs/reproduction.md: every mode on the iid split, then the distributed
 # modes on the non-iid split (-s 1; standalone training has no split), about 10 minutes.

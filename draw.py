@@ -4,21 +4,22 @@ Usage::
 
     python draw.py -b logs -n lenet --target 0.9            # figures go to logs/lenet/
 
-Reads ``<base>/<network>/<mode>/summary.json`` for every mode among esync, sync, async,
-dcasgd, local and their ``-niid`` twins (a mode folder with worker logs but no, or a stale,
-summary.json is summarised on the fly by ``summary.load_summary``) and writes:
+Reads ``<base>/<network>/<mode>/summary.json`` for every mode of :mod:`trainer.registry`,
+iid and non-iid (a mode folder with worker logs but no, or a stale, summary.json is summarised
+on the fly by ``summary.load_summary``); colours and legend names come from the registry too.
+Writes:
 
 * ``accuracy_iid.png`` / ``accuracy_niid.png``: test accuracy vs wall-clock seconds of rank 0;
-  the standalone run (``local``) is a dotted horizontal line at its final accuracy
-  (``local-niid`` on the niid figure, ``local`` when there is no ``local-niid``).
-  ``accuracy_niid.png`` only when a ``-niid`` mode exists.
+  a standalone run (a registry mode that is not distributed) is a dotted horizontal line at its
+  final accuracy (its non-iid run on the niid figure, its iid run when there is no non-iid one).
+  ``accuracy_niid.png`` only when a non-iid mode folder exists.
 * ``throughput.png``: cluster samples/s per mode (bars; iid and niid side by side).
 * ``traffic.png``: cluster KVStore traffic (pushed + pulled) per mode, in B/s, KB/s or MB/s
   (decimal: 1 KB = 10^3 B, 1 MB = 10^6 B) depending on the largest value.
 * ``compute_ratio.png``: compute-time ratio of every worker (x: emulated device: slowdown S),
   one bar per mode, one panel per split.
 * ``speedup.md``: time to ``--target`` accuracy per mode and ESync's speedup
-  = baseline time / ESync time (same split); ``speedup_table`` returns it as data.
+  = baseline time / ESync time (same split), as computed by ``report.speedup_table``.
 """
 
 from __future__ import annotations
@@ -36,45 +37,44 @@ import matplotlib.pyplot as plt  # noqa: E402
 from matplotlib.axes import Axes  # noqa: E402
 from matplotlib.ticker import PercentFormatter  # noqa: E402
 
-from summary import (  # noqa: E402
-    BASE_MODES,
-    SummaryError,
-    base_mode,
-    byte_unit,
-    esync_of,
-    load_all,
-    ratio,
-    time_to_target,
-)
+import config  # noqa: E402
+from report import cell, speedup_table  # noqa: E402
+from summary import byte_unit, load_all, run_tool, tool_parser  # noqa: E402
+from trainer import layout, registry  # noqa: E402
+from trainer.layout import SPLITS  # noqa: E402
 
 Summary = dict[str, Any]
 DPI = 120
 WIDTH_IN = 6.8  # 816 px at DPI
-COLORS = {
-    "esync": "tab:red",
-    "sync": "tab:blue",
-    "async": "tab:orange",
-    "dcasgd": "tab:green",
-    "local": "dimgray",
-}
-LABELS = {
-    "esync": "ESync",
-    "sync": "Sync",
-    "async": "Async",
-    "dcasgd": "DC-ASGD",
-    "local": "Standalone",
-}
-SPLITS = ("iid", "niid")
+UNKNOWN_COLOR = "gray"  # a mode folder that is not in the registry
+STANDALONE = tuple(name for name, spec in registry.MODES.items() if not spec.distributed)
 
 
 class DrawError(Exception):
     """Nothing to draw (the CLI turns it into exit code 2)."""
 
 
+def split_name(split: str) -> str:
+    """``iid`` or ``non-iid``: how legends and titles name a split."""
+    return "iid" if split == "iid" else "non-iid"
+
+
 def label(mode: str) -> str:
-    """Legend name of a mode-dir, e.g. ``ESync (non-iid)``."""
-    name = LABELS.get(base_mode(mode), base_mode(mode))
-    return f"{name} (non-iid)" if mode.endswith("-niid") else name
+    """Legend name of a mode-dir, e.g. ``ESync (non-iid)``; the folder name if unregistered."""
+    spec = registry.MODES.get(layout.mode_of(mode))
+    name = spec.label if spec else layout.mode_of(mode)
+    return f"{name} (non-iid)" if layout.split_of(mode) == "niid" else name
+
+
+def color(mode: str, unknown: str | None = UNKNOWN_COLOR) -> str | None:
+    """Colour of a mode-dir's curves and bars (both splits alike); ``unknown`` if unregistered."""
+    spec = registry.MODES.get(layout.mode_of(mode))
+    return spec.color if spec else unknown
+
+
+def is_standalone(mode: str) -> bool:
+    """True for a registry mode without a cluster: drawn as a reference line, not a curve."""
+    return layout.mode_of(mode) in STANDALONE
 
 
 def of_split(summaries: dict[str, Summary], split: str) -> dict[str, Summary]:
@@ -95,14 +95,19 @@ def _title(summaries: dict[str, Summary], what: str) -> str:
 
 
 def _local_line(summaries: dict[str, Summary], split: str) -> tuple[str, float] | None:
-    """(mode, accuracy) of the standalone run drawn as the dotted reference line."""
-    for mode in (f"local-{split}" if split == "niid" else "local", "local"):
-        summary = summaries.get(mode)
-        if summary is not None:
-            acc = summary.get("final_accuracy")
-            acc = summary.get("best_accuracy") if acc is None else acc
-            if acc is not None:
-                return mode, acc
+    """(mode-dir, accuracy) of the standalone run drawn as the dotted reference line.
+
+    The run of the figure's split, else the iid one (a standalone run sees the whole training
+    set either way, so the split hardly matters to it).
+    """
+    for mode in STANDALONE:
+        for mode_dir in (layout.mode_dir_name(mode, split == "niid"), mode):
+            summary = summaries.get(mode_dir)
+            if summary is not None:
+                acc = summary.get("final_accuracy")
+                acc = summary.get("best_accuracy") if acc is None else acc
+                if acc is not None:
+                    return mode_dir, acc
     return None
 
 
@@ -113,7 +118,7 @@ def plot_accuracy(
     fig, ax = plt.subplots(figsize=(WIDTH_IN, 4.4))
     curves = 0
     for mode, summary in of_split(summaries, split).items():
-        if base_mode(mode) == "local" or not summary.get("accuracy"):
+        if is_standalone(mode) or not summary.get("accuracy"):
             continue
         curves += 1
         xs, ys = zip(*summary["accuracy"], strict=True)
@@ -123,14 +128,14 @@ def plot_accuracy(
             marker="o",
             markersize=3,
             linewidth=1.6,
-            color=COLORS.get(base_mode(mode)),
+            color=color(mode, unknown=None),
             label=label(mode),
         )
     local = _local_line(summaries, split)
     if local is not None:
         ax.axhline(
             local[1],
-            color=COLORS["local"],
+            color=color(local[0]),
             linestyle=":",
             linewidth=2,
             label=f"{label(local[0])} final: {local[1]:.1%}",
@@ -141,8 +146,7 @@ def plot_accuracy(
         ax.text(
             0.5, 0.5, "no distributed run with test accuracy", ha="center", transform=ax.transAxes
         )
-    name = "iid" if split == "iid" else "non-iid"
-    ax.set_title(_title(summaries, f"test accuracy vs time ({name} split)"))
+    ax.set_title(_title(summaries, f"test accuracy vs time ({split_name(split)} split)"))
     ax.set_xlabel("wall-clock time since start (s)")
     ax.set_ylabel("test accuracy")
     ax.yaxis.set_major_formatter(PercentFormatter(1.0))
@@ -155,8 +159,8 @@ def plot_accuracy(
 
 
 def _bar_groups(summaries: dict[str, Summary]) -> tuple[list[str], list[str]]:
-    """(base modes present in order, splits present in order)."""
-    bases = [m for m in BASE_MODES if any(base_mode(k) == m for k in summaries)]
+    """(registry modes present, in registry order; splits present, in order)."""
+    bases = [m for m in registry.names() if any(layout.mode_of(k) == m for k in summaries)]
     splits = [s for s in SPLITS if of_split(summaries, s)]
     return bases, splits
 
@@ -166,14 +170,13 @@ def _mode_bars(ax: Axes, summaries: dict[str, Summary], key: str, scale: float, 
     bases, splits = _bar_groups(summaries)
     width = 0.8 / len(splits)
     for j, split in enumerate(splits):
-        suffix = "" if split == "iid" else "-niid"
         xs, values, colors = [], [], []
         for i, base in enumerate(bases):
-            summary = summaries.get(base + suffix)
+            summary = summaries.get(layout.mode_dir_name(base, split == "niid"))
             if summary is not None:
                 xs.append(i + (j - (len(splits) - 1) / 2) * width)
                 values.append(summary[key] / scale)
-                colors.append(COLORS.get(base, "gray"))
+                colors.append(color(base))
         bars = ax.bar(
             xs,
             values,
@@ -182,10 +185,10 @@ def _mode_bars(ax: Axes, summaries: dict[str, Summary], key: str, scale: float, 
             edgecolor="black",
             linewidth=0.6,
             hatch="//" if split == "niid" else None,
-            label="iid" if split == "iid" else "non-iid",
+            label=split_name(split),
         )
         ax.bar_label(bars, labels=[format(v, fmt) for v in values], fontsize=8, padding=2)
-    ax.set_xticks(range(len(bases)), [LABELS.get(b, b) for b in bases])
+    ax.set_xticks(range(len(bases)), [label(b) for b in bases])
     ax.margins(y=0.15)
     ax.grid(axis="y", alpha=0.3)
     if len(splits) > 1:
@@ -270,17 +273,14 @@ def _ratio_panel(ax: Axes, summaries: dict[str, Summary], title: str) -> None:
                 [x],
                 [value],
                 width * 0.92,
-                color=COLORS.get(base_mode(mode), "gray"),
+                color=color(mode),
                 edgecolor="black",
                 linewidth=0.5,
                 label=label(mode) if i == 0 or key == slots[0] else None,
             )
             if len(slots) * len(summaries) <= 24:
                 ax.bar_label(bars, labels=[f"{value:.2f}"], fontsize=7, padding=1)
-    handles = {
-        label(m): plt.Rectangle((0, 0), 1, 1, color=COLORS.get(base_mode(m), "gray"))
-        for m in summaries
-    }
+    handles = {label(m): plt.Rectangle((0, 0), 1, 1, color=color(m)) for m in summaries}
     ax.set_xticks(
         range(len(slots)), [_slot_label(k, many_hosts, numbered) for k in slots], fontsize=8
     )
@@ -311,40 +311,15 @@ def plot_compute_ratio(summaries: dict[str, Summary], path: Path) -> str:
         _ratio_panel(
             ax,
             of_split(summaries, split),
-            f"{'iid' if split == 'iid' else 'non-iid'}"
-            " split: share of wall-clock time spent computing",
+            f"{split_name(split)} split: share of wall-clock time spent computing",
         )
     fig.suptitle(_title(summaries, "compute-time ratio per worker"), fontsize=11)
     fig.tight_layout()
     return _save(fig, path)
 
 
-def speedup_table(summaries: dict[str, Summary], target: float) -> list[dict[str, Any]]:
-    """Per mode: time to ``target`` and ESync's speedup (baseline time / ESync time)."""
-    times = {m: time_to_target(s.get("accuracy") or [], target) for m, s in summaries.items()}
-    rows = []
-    for mode, summary in summaries.items():
-        reference = esync_of(mode)
-        rows.append(
-            {
-                "mode": mode,
-                "split": summary.get("split", "iid"),
-                "time_to_target_s": times[mode],
-                "final_accuracy": summary.get("final_accuracy"),
-                "esync_mode": reference if reference in summaries else None,
-                "esync_speedup": ratio(times[mode], times.get(reference)),
-            }
-        )
-    return rows
-
-
-def _cell(value: float | None, fmt: str, missing: str = "not reached") -> str:
-    """``value`` formatted, or ``missing`` when it is None."""
-    return missing if value is None else format(value, fmt)
-
-
-def speedup_markdown(rows: list[dict[str, Any]], network: str, target: float) -> str:
-    """Markdown table of ``speedup_table`` rows."""
+def speedup_markdown(table: dict[str, dict[str, Any]], network: str, target: float) -> str:
+    """Markdown table of ``report.speedup_table`` (per mode folder)."""
     lines = [
         f"# {network}: time to {target:.1%} test accuracy",
         "",
@@ -354,16 +329,23 @@ def speedup_markdown(rows: list[dict[str, Any]], network: str, target: float) ->
         "| mode | split | time to target (s) | final accuracy | ESync speedup |",
         "|---|---|---:|---:|---:|",
     ]
-    for row in rows:
-        speed = "no ESync run" if row["esync_mode"] is None else _cell(row["esync_speedup"], ".2f")
+    never = "not reached"
+    for mode, row in table.items():
+        speed = (
+            "no ESync run"
+            if row["esync_mode"] is None
+            else cell(row["esync_speedup"], ".2f", never)
+        )
         lines.append(
-            f"| {row['mode']} | {row['split']} | {_cell(row['time_to_target_s'], '.1f')}"
-            f" | {_cell(row['final_accuracy'], '.2%', 'n/a')} | {speed} |"
+            f"| {mode} | {row['split']} | {cell(row['time_to_target_s'], '.1f', never)}"
+            f" | {cell(row['final_accuracy'], '.2%', 'n/a')} | {speed} |"
         )
     return "\n".join(lines) + "\n"
 
 
-def draw_all(base: str, network: str, target: float = 0.9, outdir: str | None = None) -> list[str]:
+def draw_all(
+    base: str, network: str, target: float = config.TARGET_ACCURACY, outdir: str | None = None
+) -> list[str]:
     """Draw every figure and ``speedup.md`` of ``<base>/<network>``; return the paths."""
     summaries = load_all(base, network)
     if not summaries:
@@ -389,15 +371,7 @@ def draw_all(base: str, network: str, target: float = 0.9, outdir: str | None = 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     """Command-line flags."""
-    parser = argparse.ArgumentParser(description="Draw the comparison figures of one network")
-    parser.add_argument("-b", "--base", default="logs", help="log directory (default: logs)")
-    parser.add_argument("-n", "--network", required=True, help="network name, e.g. lenet")
-    parser.add_argument(
-        "--target",
-        type=float,
-        default=0.9,
-        help="test accuracy for the time-to-accuracy table (default: 0.9)",
-    )
+    parser = tool_parser("Draw the comparison figures of one network", target=True)
     parser.add_argument(
         "-o", "--outdir", default=None, help="output folder (default: <base>/<network>)"
     )
@@ -407,13 +381,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 def main(argv: Sequence[str] | None = None) -> int:
     """CLI entry point; returns the exit code."""
     args = parse_args(argv)
-    try:
-        paths = draw_all(args.base, args.network, args.target, args.outdir)
-    except (DrawError, SummaryError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    print("\n".join(paths))
-    return 0
+    return run_tool(
+        lambda: draw_all(args.base, args.network, args.target, args.outdir), (DrawError,)
+    )
 
 
 if __name__ == "__main__":

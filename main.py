@@ -51,25 +51,26 @@ def main(argv: list[str] | None = None) -> int:
             print(f"error: {exc}", file=sys.stderr)
             return 2
     _limit_threads(_threads_flag(argv))  # before anything loads MXNet's OpenMP runtime
+    from trainer import registry
     from trainer.options import parse_args
 
     args = parse_args(argv)
-    if role is None and args.mode != "local":
+    distributed = registry.get(args.mode).distributed
+    if role is None and distributed:
         print(
             f"error: -m {args.mode} is distributed: start it with launch.py, or run this "
             "command with DMLC_ROLE=worker and the DMLC_* variables (docs/deployment.md)",
             file=sys.stderr,
         )
         return 2
-    if role == "worker" and args.mode == "local":
-        print("error: -m local is standalone; unset DMLC_ROLE", file=sys.stderr)
+    if role == "worker" and not distributed:
+        print(f"error: -m {args.mode} is standalone; unset DMLC_ROLE", file=sys.stderr)
         return 2
     from trainer.cluster import ClusterConfigError as ConfigError
     from trainer.loop import run
     from trainer.state_client import StateServerError
     from utils import DatasetError
 
-    distributed = role == "worker"
     try:
         return run(args, distributed=distributed)
     except (DatasetError, ConfigError) as exc:

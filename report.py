@@ -4,17 +4,20 @@ Usage::
 
     python report.py -b logs -n lenet --modes esync,sync,local --target 0.9 [--draw]
 
-``--modes`` defaults to every mode found under ``<base>/<network>/``; ``--draw`` runs
-``draw.draw_all`` first so that the report can embed fresh figures.
+``--modes`` defaults to every mode folder (of every mode of :mod:`trainer.registry`) found
+under ``<base>/<network>/``; ``--draw`` runs ``draw.draw_all`` first so that the report can
+embed fresh figures. ``write_all`` is the whole pipeline (summaries, figures, report, console
+table) that ``launch.py --compare`` runs after training.
 
 Per mode (from its summary, see ``summary.py``): ``time_to_target_s``, ``final_accuracy``,
 ``best_accuracy``, ``samples_per_s``, ``bytes_per_s``, ``min_compute_time_ratio`` (min over
 workers), ``num_workers``, ``split``.
 
-``esync_vs[<baseline>]`` compares the ESync mode of the same split (``esync`` or
-``esync-niid``) with every other requested mode of that split:
+``esync_vs[<baseline>]`` compares the reference mode (``trainer.registry.REFERENCE``, ESync)
+of the same split with every other requested mode of that split:
 
-* ``speedup_to_target`` = baseline time_to_target_s / ESync time_to_target_s
+* ``speedup_to_target`` = baseline time_to_target_s / ESync time_to_target_s (computed by
+  ``speedup_table`` only; draw.py's ``speedup.md`` and ``print_table`` show the same numbers)
 * ``throughput_ratio`` = ESync samples_per_s / baseline samples_per_s
 * ``traffic_ratio`` = ESync bytes_per_s / baseline bytes_per_s
 * ``final_accuracy_diff`` = ESync final_accuracy - baseline final_accuracy
@@ -33,15 +36,20 @@ from pathlib import Path
 from typing import Any
 
 from summary import (
-    ALL_MODES,
     SummaryError,
     byte_unit,
-    esync_of,
+    known_mode_dirs,
     load_all,
     load_summary,
     ratio,
+    run_tool,
     time_to_target,
+    tool_parser,
+    write_summary,
 )
+from trainer import layout, registry
+
+Summary = dict[str, Any]
 
 FIGURES = (
     "accuracy_iid.png",
@@ -50,6 +58,43 @@ FIGURES = (
     "traffic.png",
     "compute_ratio.png",
 )
+
+
+def cell(value: float | None, spec: str, missing: str = "-") -> str:
+    """``value`` formatted with ``spec``, or ``missing`` when it is None.
+
+    Every table of report.md, speedup.md and the console shows a missing number this way.
+    """
+    return missing if value is None else format(value, spec)
+
+
+def reference_of(mode_dir: str) -> str:
+    """The mode folder ``mode_dir`` is compared with: the registry's reference, same split.
+
+    A non-iid run is only comparable with a non-iid reference run (same data partition).
+    """
+    return layout.same_split(registry.REFERENCE, mode_dir)
+
+
+def speedup_table(summaries: dict[str, Summary], target: float) -> dict[str, dict[str, Any]]:
+    """Per mode folder: time to ``target`` and ESync's speedup = its time / ESync's time.
+
+    The one place the speedup is computed; ``esync_mode`` is None when the reference of the
+    same split did not run (then ``esync_speedup`` is None too). The reference itself gets 1.0
+    when it reached the target.
+    """
+    times = {m: time_to_target(s.get("accuracy") or [], target) for m, s in summaries.items()}
+    table = {}
+    for mode, summary in summaries.items():
+        reference = reference_of(mode)
+        table[mode] = {
+            "split": summary.get("split", "iid"),
+            "time_to_target_s": times[mode],
+            "final_accuracy": summary.get("final_accuracy"),
+            "esync_mode": reference if reference in summaries else None,
+            "esync_speedup": ratio(times[mode], times.get(reference)),
+        }
+    return table
 
 
 def mode_row(summary: dict[str, Any], target: float) -> dict[str, Any]:
@@ -72,10 +117,10 @@ def _diff(a: float | None, b: float | None) -> float | None:
     return None if a is None or b is None else a - b
 
 
-def compare(esync: dict[str, Any], baseline: dict[str, Any]) -> dict[str, Any]:
-    """ESync-vs-baseline ratios of two ``mode_row`` entries."""
+def compare(esync: dict[str, Any], baseline: dict[str, Any], speedup: float | None) -> dict:
+    """ESync-vs-baseline ratios of two ``mode_row`` entries (``speedup`` from speedup_table)."""
     return {
-        "speedup_to_target": ratio(baseline["time_to_target_s"], esync["time_to_target_s"]),
+        "speedup_to_target": speedup,
         "throughput_ratio": ratio(esync["samples_per_s"], baseline["samples_per_s"]),
         "traffic_ratio": ratio(esync["bytes_per_s"], baseline["bytes_per_s"]),
         "final_accuracy_diff": _diff(esync["final_accuracy"], baseline["final_accuracy"]),
@@ -89,15 +134,14 @@ def build_report(
     """The report.json content of the given mode summaries."""
     rows = {mode: mode_row(s, target) for mode, s in summaries.items()}
     versus = {}
-    for mode in rows:
-        reference = esync_of(mode)
-        if mode != reference and reference in rows:
-            versus[mode] = {"esync_mode": reference, **compare(rows[reference], rows[mode])}
+    for mode, speed in speedup_table(summaries, target).items():
+        reference = speed["esync_mode"]
+        if reference not in (None, mode):
+            versus[mode] = {
+                "esync_mode": reference,
+                **compare(rows[reference], rows[mode], speed["esync_speedup"]),
+            }
     return {"network": network, "target": target, "modes": rows, "esync_vs": versus}
-
-
-def _fmt(value: float | None, fmt: str, missing: str = "-") -> str:
-    return missing if value is None else format(value, fmt)
 
 
 def _mode_table(rows: dict[str, dict[str, Any]], target: float) -> list[str]:
@@ -110,11 +154,11 @@ def _mode_table(rows: dict[str, dict[str, Any]], target: float) -> list[str]:
     for mode, r in rows.items():
         lines.append(
             f"| {mode} | {r['split']} | {r['num_workers']}"
-            f" | {_fmt(r['time_to_target_s'], '.1f', 'not reached')}"
-            f" | {_fmt(r['final_accuracy'], '.2%')} | {_fmt(r.get('plateau_accuracy'), '.2%')}"
-            f" | {_fmt(r['best_accuracy'], '.2%')}"
+            f" | {cell(r['time_to_target_s'], '.1f', 'not reached')}"
+            f" | {cell(r['final_accuracy'], '.2%')} | {cell(r.get('plateau_accuracy'), '.2%')}"
+            f" | {cell(r['best_accuracy'], '.2%')}"
             f" | {r['samples_per_s']:,.1f} | {r['bytes_per_s'] / scale:,.1f}"
-            f" | {_fmt(r['min_compute_time_ratio'], '.3f')} |"
+            f" | {cell(r['min_compute_time_ratio'], '.3f')} |"
         )
     return lines
 
@@ -133,10 +177,10 @@ def _versus_table(versus: dict[str, dict[str, Any]]) -> list[str]:
             for k in ("final_accuracy_diff", "plateau_accuracy_diff")
         )
         lines.append(
-            f"| {mode} ({v['esync_mode']}) | {_fmt(v['speedup_to_target'], '.2f')}"
-            f" | {_fmt(v['throughput_ratio'], '.2f')}"
-            f" | {_fmt(v['traffic_ratio'], '.2f')} | {_fmt(diff, '+.2f')}"
-            f" | {_fmt(plateau, '+.2f')} |"
+            f"| {mode} ({v['esync_mode']}) | {cell(v['speedup_to_target'], '.2f')}"
+            f" | {cell(v['throughput_ratio'], '.2f')}"
+            f" | {cell(v['traffic_ratio'], '.2f')} | {cell(diff, '+.2f')}"
+            f" | {cell(plateau, '+.2f')} |"
         )
     return lines
 
@@ -171,52 +215,99 @@ def render_markdown(report: dict[str, Any], folder: Path) -> str:
     return "\n".join(lines).rstrip() + "\n"
 
 
-def write_report(base: str, network: str, modes: list[str], target: float) -> tuple[str, str]:
-    """Write ``<base>/<network>/report.md`` and ``report.json``; return both paths."""
-    folder = Path(base) / network
-    summaries = {mode: load_summary(folder / mode) for mode in modes}
-    report = build_report(summaries, network, target)
+def save_report(report: dict[str, Any], folder: Path) -> tuple[str, str]:
+    """Write ``report.md`` and ``report.json`` of ``report`` into ``folder``; return both paths."""
     json_path, md_path = folder / "report.json", folder / "report.md"
     json_path.write_text(json.dumps(report, indent=1) + "\n", encoding="utf-8")
     md_path.write_text(render_markdown(report, folder), encoding="utf-8")
     return str(md_path), str(json_path)
 
 
+def _build(base: str, network: str, modes: list[str], target: float) -> dict[str, Any]:
+    """The report of the mode folders ``modes`` under ``<base>/<network>``."""
+    summaries = {mode: load_summary(layout.mode_dir(base, network, mode)) for mode in modes}
+    return build_report(summaries, network, target)
+
+
+def write_report(base: str, network: str, modes: list[str], target: float) -> tuple[str, str]:
+    """Write ``<base>/<network>/report.md`` and ``report.json``; return both paths."""
+    report = _build(base, network, modes, target)
+    return save_report(report, Path(base) / network)
+
+
+def print_table(report: dict) -> None:
+    """The headline numbers of report.json, one line per mode (launch.py's console output)."""
+    target = report["target"]
+    print(
+        f"{'mode':<12} {f'to {target:.0%} (s)':>11} {'plateau acc':>11} {'samples/s':>10} "
+        f"{'MB/s':>7} {'min compute':>11} {'ESync speedup':>13}"
+    )
+    for mode, row in report["modes"].items():
+        speedup = report["esync_vs"].get(mode, {}).get("speedup_to_target")
+        cells = [
+            cell(row["time_to_target_s"], ".1f"),
+            cell(row.get("plateau_accuracy"), ".3f"),
+            f"{row['samples_per_s']:.0f}",
+            f"{row['bytes_per_s'] / 1e6:.1f}",
+            cell(row["min_compute_time_ratio"], ".2f"),
+            "-" if speedup is None else f"{speedup:.2f}x",
+        ]
+        print(
+            f"{mode:<12} {cells[0]:>11} {cells[1]:>11} {cells[2]:>10} {cells[3]:>7} "
+            f"{cells[4]:>11} {cells[5]:>13}"
+        )
+
+
+def write_all(log_dir: str, network: str, mode_dirs: list[str], target: float) -> dict:
+    """Everything after a comparison run; return the report dict.
+
+    Writes summary.json of each of ``mode_dirs`` (the runs just made), draws the figures and
+    writes report.md/json over every mode folder present under ``<log_dir>/<network>`` (so an
+    iid and a non-iid comparison sharing a log dir end up in one report), prints the paths
+    and then the console table.
+    """
+    from draw import draw_all  # matplotlib only when figures are drawn
+
+    for mode_dir in mode_dirs:
+        print(f"summary: {write_summary(layout.mode_dir(log_dir, network, mode_dir))}")
+    for path in draw_all(log_dir, network, target):
+        print(f"figure: {path}")
+    report = _build(log_dir, network, list(load_all(log_dir, network)), target)
+    md, js = save_report(report, Path(log_dir) / network)
+    print(f"report: {md}\nreport: {js}\n")
+    print_table(report)
+    return report
+
+
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     """Command-line flags."""
-    parser = argparse.ArgumentParser(description="Write report.md / report.json of a network")
-    parser.add_argument("-b", "--base", default="logs", help="log directory (default: logs)")
-    parser.add_argument("-n", "--network", required=True, help="network name, e.g. lenet")
+    parser = tool_parser("Write report.md / report.json of a network", target=True)
     parser.add_argument(
         "--modes", default="", help="comma-separated mode folders (default: every one found)"
-    )
-    parser.add_argument(
-        "--target", type=float, default=0.9, help="test accuracy for time-to-target (default: 0.9)"
     )
     parser.add_argument("--draw", action="store_true", help="run draw.py's draw_all first")
     return parser.parse_args(argv)
 
 
+def report_paths(args: argparse.Namespace) -> tuple[str, str]:
+    """What ``main`` does: (draw, then) write report.md / report.json; returns their paths."""
+    modes = [m.strip() for m in args.modes.split(",") if m.strip()]
+    modes = modes or list(load_all(args.base, args.network))
+    if not modes:
+        raise SummaryError(
+            f"no mode of {', '.join(known_mode_dirs())} under {Path(args.base) / args.network}"
+        )
+    if args.draw:
+        from draw import draw_all
+
+        draw_all(args.base, args.network, args.target)
+    return write_report(args.base, args.network, modes, args.target)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """CLI entry point; returns the exit code."""
     args = parse_args(argv)
-    modes = [m.strip() for m in args.modes.split(",") if m.strip()]
-    try:
-        modes = modes or list(load_all(args.base, args.network))
-        if not modes:
-            raise SummaryError(
-                f"no mode of {', '.join(ALL_MODES)} under {Path(args.base) / args.network}"
-            )
-        if args.draw:
-            from draw import draw_all
-
-            draw_all(args.base, args.network, args.target)
-        paths = write_report(args.base, args.network, modes, args.target)
-    except SummaryError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    print("\n".join(paths))
-    return 0
+    return run_tool(lambda: report_paths(args))
 
 
 if __name__ == "__main__":

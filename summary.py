@@ -4,8 +4,10 @@ Usage::
 
     python summary.py -b logs -n lenet -m esync        # writes logs/lenet/esync/summary.json
 
-Reads every worker folder ``<base>/<network>/<mode>/<host>/<device>-rank<r>/`` (format in
-``docs/log-format.md``): ``meta.json`` plus ``rounds.jsonl``. Blank lines and an unparseable
+``-m`` is a mode folder of any mode of :mod:`trainer.registry`, iid or non-iid (folder names
+from :mod:`trainer.layout`). Reads every worker folder
+``<base>/<network>/<mode>/<host>/<device>-rank<r>/`` (format in ``docs/log-format.md``):
+``meta.json`` plus ``rounds.jsonl``. Blank lines and an unparseable
 *last* line (a worker killed mid-write) are skipped; an unparseable line anywhere else is an
 error naming the file and line.
 
@@ -42,18 +44,14 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import re
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-SUMMARY_NAME = "summary.json"
-META_NAME = "meta.json"
-ROUNDS_NAME = "rounds.jsonl"
-BASE_MODES = ("esync", "sync", "async", "dcasgd", "local")
-ALL_MODES = BASE_MODES + tuple(f"{m}-niid" for m in BASE_MODES)
-_WORKER_RE = re.compile(r"^(?P<device>.+)-rank(?P<rank>\d+)$")
+import config
+from trainer import layout, registry
+from trainer.layout import META_NAME, ROUNDS_NAME, SUMMARY_NAME
 
 Record = dict[str, Any]
 
@@ -90,10 +88,12 @@ def read_rounds(path: Path) -> list[Record]:
 
 
 def _meta_from_path(folder: Path) -> dict[str, Any]:
-    """Fallback meta derived from ``<host>/<device>-rank<r>`` when meta.json is missing."""
-    match = _WORKER_RE.match(folder.name)
-    device, rank = (match["device"], int(match["rank"])) if match else (folder.name, 0)
-    return {"host": folder.parent.name, "device": device, "rank": rank}
+    """Fallback meta derived from the folder's path when meta.json is missing.
+
+    A worker killed before it wrote meta.json still has records worth summarising.
+    """
+    worker = layout.parse_worker_dir(folder)
+    return {"host": worker.host, "device": worker.device, "rank": worker.rank}
 
 
 def load_worker(folder: str | os.PathLike[str]) -> tuple[dict[str, Any], list[Record]]:
@@ -183,7 +183,7 @@ def _listing(base_net: Path) -> str:
 def find_workers(mode_dir: str | os.PathLike[str]) -> list[Path]:
     """Every ``<host>/<device>-rank<r>/`` folder below ``mode_dir`` (error when none)."""
     mode_dir = Path(mode_dir)
-    workers = sorted(p for p in mode_dir.glob("*/*-rank*") if p.is_dir())
+    workers = [worker.path for worker in layout.worker_dirs(mode_dir)]
     if not workers:
         what = "has no worker folders" if mode_dir.is_dir() else "does not exist"
         raise SummaryError(f"{mode_dir} {what}; {_listing(mode_dir.parent)}")
@@ -192,7 +192,7 @@ def find_workers(mode_dir: str | os.PathLike[str]) -> list[Path]:
 
 def _split_of(mode_dir: Path, metas: list[dict[str, Any]]) -> str:
     """``iid``/``niid`` from the folder name, cross-checked with meta.json."""
-    split = "niid" if mode_dir.name.endswith("-niid") else "iid"
+    split = layout.split_of(mode_dir.name)
     other = {m["split"] for m in metas if "split" in m} - {split}
     if other:
         warn(f"{mode_dir}: folder name says {split} but meta.json says {sorted(other)}")
@@ -269,7 +269,7 @@ def write_summary(mode_dir: str | os.PathLike[str]) -> str:
 def _is_stale(mode_dir: Path, summary_path: Path) -> bool:
     """True when a worker file is newer than ``summary.json``."""
     written = summary_path.stat().st_mtime
-    logs = [p for name in (ROUNDS_NAME, META_NAME) for p in mode_dir.glob(f"*/*-rank*/{name}")]
+    logs = [p for w in layout.worker_dirs(mode_dir) for p in (w.rounds, w.meta) if p.exists()]
     return any(p.stat().st_mtime > written for p in logs)
 
 
@@ -283,27 +283,23 @@ def load_summary(mode_dir: str | os.PathLike[str]) -> dict[str, Any]:
 
 
 def load_all(base: str | os.PathLike[str], network: str) -> dict[str, dict[str, Any]]:
-    """Summaries of every known mode under ``<base>/<network>/``, in ``ALL_MODES`` order.
+    """Summaries of every registry mode under ``<base>/<network>/``, keyed by mode folder.
 
-    A mode counts when its folder holds ``summary.json`` or worker folders.
+    Order: the registry's, iid folders first (``layout.mode_dir_names``), so that tables and
+    legends list the modes the same way everywhere. A mode counts when its folder holds
+    ``summary.json`` or worker folders.
     """
-    net_dir = Path(base) / network
     found: dict[str, dict[str, Any]] = {}
-    for mode in ALL_MODES:
-        mode_dir = net_dir / mode
-        if (mode_dir / SUMMARY_NAME).exists() or any(mode_dir.glob("*/*-rank*")):
-            found[mode] = load_summary(mode_dir)
+    for name in known_mode_dirs():
+        mode_dir = layout.mode_dir(base, network, name)
+        if (mode_dir / SUMMARY_NAME).exists() or layout.worker_dirs(mode_dir):
+            found[name] = load_summary(mode_dir)
     return found
 
 
-def base_mode(mode: str) -> str:
-    """Mode-dir name without the ``-niid`` suffix."""
-    return mode.removesuffix("-niid")
-
-
-def esync_of(mode: str) -> str:
-    """The ESync mode-dir name with the same split as ``mode``."""
-    return "esync-niid" if mode.endswith("-niid") else "esync"
+def known_mode_dirs() -> list[str]:
+    """Every mode folder name the registry can produce (iid ones, then non-iid ones)."""
+    return layout.mode_dir_names(registry.names())
 
 
 def ratio(numerator: float | None, denominator: float | None) -> float | None:
@@ -322,29 +318,53 @@ def byte_unit(largest: float) -> tuple[str, float]:
     return "B/s", 1.0
 
 
+def tool_parser(description: str, target: bool = False) -> argparse.ArgumentParser:
+    """The flags summary.py, draw.py and report.py share: -b, -n (and --target)."""
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument(
+        "-b",
+        "--base",
+        default=config.REPORT_LOG_DIR,
+        help=f"log directory (default: {config.REPORT_LOG_DIR})",
+    )
+    parser.add_argument("-n", "--network", required=True, help="network name, e.g. lenet")
+    if target:
+        parser.add_argument(
+            "--target",
+            type=float,
+            default=config.TARGET_ACCURACY,
+            help=f"test accuracy for time-to-target (default: {config.TARGET_ACCURACY})",
+        )
+    return parser
+
+
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     """Command-line flags."""
-    parser = argparse.ArgumentParser(description="Write <base>/<network>/<mode>/summary.json")
-    parser.add_argument("-b", "--base", default="logs", help="log directory (default: logs)")
-    parser.add_argument("-n", "--network", required=True, help="network name, e.g. lenet")
+    parser = tool_parser("Write <base>/<network>/<mode>/summary.json")
     parser.add_argument(
-        "-m", "--mode", required=True, help=f"mode folder, one of {', '.join(ALL_MODES)}"
+        "-m", "--mode", required=True, help=f"mode folder, one of {', '.join(known_mode_dirs())}"
     )
     return parser.parse_args(argv)
+
+
+def run_tool(action: Callable[[], Sequence[str]], errors: tuple[type[Exception], ...] = ()) -> int:
+    """Run a report tool: print the paths it wrote (exit 0) or its error (exit 2)."""
+    try:
+        paths = action()
+    except (SummaryError, *errors) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print("\n".join(paths))
+    return 0
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """CLI entry point; returns the exit code."""
     args = parse_args(argv)
-    if args.mode not in ALL_MODES:
-        warn(f"unknown mode {args.mode!r} (known: {', '.join(ALL_MODES)}); reading it anyway")
-    try:
-        path = write_summary(Path(args.base) / args.network / args.mode)
-    except SummaryError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    print(path)
-    return 0
+    known = known_mode_dirs()
+    if args.mode not in known:
+        warn(f"unknown mode {args.mode!r} (known: {', '.join(known)}); reading it anyway")
+    return run_tool(lambda: [write_summary(layout.mode_dir(args.base, args.network, args.mode))])
 
 
 if __name__ == "__main__":

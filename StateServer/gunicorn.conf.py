@@ -1,21 +1,22 @@
 """gunicorn settings for the State Server.
 
-    .venv/bin/gunicorn -c StateServer/gunicorn.conf.py            # 0.0.0.0:10010
-    .venv/bin/gunicorn -c StateServer/gunicorn.conf.py -b 127.0.0.1:10010
+    python -m gunicorn -c StateServer/gunicorn.conf.py            # 0.0.0.0:10010
+    python -m gunicorn -c StateServer/gunicorn.conf.py -b 127.0.0.1:10010
 
 Exactly one worker process: the state lives in that process's memory. Requests are served
 by ``ESYNC_THREADS`` gthread threads (default 8); keep-alive connections wait in the
 worker's poller, not in a thread, so 8 threads serve many more clients. gunicorn sets
 TCP_NODELAY on its listening socket and Linux copies it to accepted sockets.
+
+``chdir`` is the repo root (the parent of ``StateServer/``), wherever gunicorn is started
+from: gunicorn changes into it and puts it first on the import path, so the app is imported as
+the package ``StateServer.stateserver``.
 """
 
 import os
 
-_HERE = os.path.dirname(os.path.abspath(__file__))
-
-wsgi_app = "stateserver.wsgi:application"
-chdir = _HERE
-pythonpath = _HERE
+wsgi_app = "StateServer.stateserver.wsgi:application"
+chdir = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 bind = [os.environ.get("ESYNC_BIND", "0.0.0.0:10010")]
 workers = 1  # never more: each worker process would have its own state
 worker_class = "gthread"

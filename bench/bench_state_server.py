@@ -11,9 +11,13 @@ runs through whole rounds. Every request counts; its latency is send-to-last-byt
 
 Then one client with the real ``trainer.state_client.StateClient`` and one with a
 ``requests.Session`` measure the trainer's hot path. Prints a markdown table; every
-server it starts is stopped (process group) before it exits.
+server it starts is stopped (process group) before it exits. Run from the repo root:
 
-    .venv/bin/python bench/bench_state_server.py [--duration 4] [--servers runserver,gunicorn]
+    .venv/bin/python -m bench.bench_state_server [--duration 4] [--servers runserver,gunicorn]
+
+The servers are started and stopped by :mod:`supervisor` (the State Server command line of
+``launch.py``), their output in a temporary folder; when one does not come up, the error
+shows its last output.
 """
 
 from __future__ import annotations
@@ -22,94 +26,39 @@ import argparse
 import json
 import multiprocessing as mp
 import os
-import signal
 import socket
-import subprocess
 import sys
+import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-PYTHON = sys.executable
-SERVER_DIR = ROOT / "StateServer"
-sys.path.insert(0, str(ROOT))
+from supervisor import Cluster, Proc, child_env, start_state_server
 
-from launch import free_port  # noqa: E402  (one definition for the launcher and the bench)
+SERVER_KINDS = ("runserver", "gunicorn", "plain-runserver")
+START_TIMEOUT_S = 30.0
 
 # --- servers --------------------------------------------------------------------------
 
 
-def server_command(kind: str, port: int, threads: int) -> tuple[list[str], dict[str, str]]:
-    """Command line and extra environment of a server kind."""
-    env = {"ESYNC_PLAIN_RUNSERVER": "1"} if kind == "plain-runserver" else {}
-    if kind in ("runserver", "plain-runserver"):
-        return [
-            PYTHON,
-            str(SERVER_DIR / "manage.py"),
-            "runserver",
-            "--noreload",
-            "--skip-checks",
-            f"127.0.0.1:{port}",
-        ], env
-    if kind == "gunicorn":
-        env["ESYNC_THREADS"] = str(threads)
-        return [
-            PYTHON,
-            "-m",
-            "gunicorn",
-            "-c",
-            str(SERVER_DIR / "gunicorn.conf.py"),
-            "-b",
-            f"127.0.0.1:{port}",
-        ], env
-    raise ValueError(f"unknown server kind {kind!r}")
+def start_server(cluster: Cluster, kind: str, threads: int) -> tuple[Proc, int]:
+    """Start a server of ``kind`` in ``cluster`` (its own process group) on a free port of
+    127.0.0.1 and wait until it answers; returns the process and the port.
 
-
-def start_server(kind: str, threads: int) -> tuple[subprocess.Popen, int]:
-    """Start a server in its own process group; wait until it answers."""
-    port = free_port()
-    cmd, extra = server_command(kind, port, threads)
-    env = {**os.environ, **extra}
-    env.pop("ESYNC_TOKEN", None)
-    proc = subprocess.Popen(
-        cmd,
-        cwd=ROOT,
-        env=env,
-        start_new_session=True,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
+    ``plain-runserver`` is runserver with Django's own server class; ``threads`` is
+    gunicorn's number of gthread threads. The clients send no token, so the caller's
+    ``ESYNC_TOKEN`` is not passed on (nor its ``ESYNC_PLAIN_RUNSERVER``).
+    """
+    if kind not in SERVER_KINDS:
+        raise ValueError(f"unknown server kind {kind!r} (choose from {', '.join(SERVER_KINDS)})")
+    extra = {"ESYNC_THREADS": str(threads)}
+    if kind == "plain-runserver":
+        extra["ESYNC_PLAIN_RUNSERVER"] = "1"
+    env = child_env(extra=extra, drop=("DMLC_", "ESYNC_TOKEN", "ESYNC_PLAIN_RUNSERVER"))
+    proc, url = start_state_server(
+        cluster, kind.removeprefix("plain-"), env=env, timeout=START_TIMEOUT_S
     )
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"{kind} exited with {proc.returncode}")
-        try:
-            status, _ = http_request(port, "GET", "/status.json")
-            if status == 200:
-                return proc, port
-        except OSError:
-            time.sleep(0.1)
-    stop_server(proc)
-    raise RuntimeError(f"{kind} did not answer within 30 s")
-
-
-def stop_server(proc: subprocess.Popen) -> None:
-    """SIGTERM the server's process group, SIGKILL if it lingers."""
-    for sig, wait in ((signal.SIGTERM, 10), (signal.SIGKILL, 5)):
-        try:
-            os.killpg(proc.pid, sig)
-        except ProcessLookupError:
-            break
-        try:
-            proc.wait(wait)
-            break
-        except subprocess.TimeoutExpired:
-            continue
-    try:  # workers of gunicorn share the group: make sure none is left
-        os.killpg(proc.pid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
+    return proc, int(url.rsplit(":", 1)[1])
 
 
 def group_cpu_seconds(pgid: int) -> float:
@@ -310,7 +259,6 @@ def run_level(
 
 def hot_path(port: int, n: int) -> dict[str, tuple[float, float]]:
     """p50/p99 (ms) of one StateClient and one requests.Session doing n sequential queries."""
-    sys.path.insert(0, str(ROOT))
     import requests
 
     from trainer.state_client import StateClient
@@ -341,13 +289,15 @@ def hot_path(port: int, n: int) -> dict[str, tuple[float, float]]:
     return out
 
 
-def main(argv: list[str] | None = None) -> int:
-    """Run the benchmark and print the tables."""
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+def build_parser() -> argparse.ArgumentParser:
+    """The command line of the benchmark."""
+    ap = argparse.ArgumentParser(
+        prog="python -m bench.bench_state_server", description=__doc__.split("\n\n")[0]
+    )
     ap.add_argument(
         "--servers",
         default="runserver,gunicorn",
-        help="comma list of runserver, gunicorn, plain-runserver",
+        help="comma list of " + ", ".join(SERVER_KINDS),
     )
     ap.add_argument("--clients", default="1,8,32,64")
     ap.add_argument("--procs", type=int, default=2, help="client processes (at most)")
@@ -355,28 +305,41 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--warmup", type=float, default=0.5)
     ap.add_argument("--duration", type=float, default=4.0, help="seconds measured per level")
     ap.add_argument("--hot-path", type=int, default=500, help="sequential client queries")
-    args = ap.parse_args(argv)
+    return ap
+
+
+def bench_server(
+    server: str, args: argparse.Namespace
+) -> tuple[list[Result], dict[str, tuple[float, float]]]:
+    """Every load level, then the hot path, against one server; it is stopped afterwards."""
     rows: list[Result] = []
-    hot: dict[str, dict[str, tuple[float, float]]] = {}
-    load_before = os.getloadavg()[0]
-    for server in args.servers.split(","):
-        proc, port = start_server(server, args.threads)
-        try:
-            for clients in (int(c) for c in args.clients.split(",")):
-                res = run_level(
-                    server, port, proc.pid, clients, args.procs, args.warmup, args.duration
-                )
-                rows.append(res)
-                print(
-                    f"# {server} {clients} clients: {res.rate:.0f} req/s, p50 "
-                    f"{res.p50_ms:.2f} ms, p99 {res.p99_ms:.2f} ms, errors {res.errors}",
-                    file=sys.stderr,
-                    flush=True,
-                )
-            if args.hot_path:
-                hot[server] = hot_path(port, args.hot_path)
-        finally:
-            stop_server(proc)
+    hot: dict[str, tuple[float, float]] = {}
+    with (
+        tempfile.TemporaryDirectory(prefix="bench-state-server-") as proc_dir,
+        Cluster(proc_dir) as cluster,
+    ):
+        proc, port = start_server(cluster, server, args.threads)
+        for clients in (int(c) for c in args.clients.split(",")):
+            res = run_level(server, port, proc.pid, clients, args.procs, args.warmup, args.duration)
+            rows.append(res)
+            print(
+                f"# {server} {clients} clients: {res.rate:.0f} req/s, p50 "
+                f"{res.p50_ms:.2f} ms, p99 {res.p99_ms:.2f} ms, errors {res.errors}",
+                file=sys.stderr,
+                flush=True,
+            )
+        if args.hot_path:
+            hot = hot_path(port, args.hot_path)
+    return rows, hot
+
+
+def print_tables(
+    rows: list[Result],
+    hot: dict[str, dict[str, tuple[float, float]]],
+    args: argparse.Namespace,
+    load_before: float,
+) -> None:
+    """The markdown tables of the results."""
     print(
         f"{os.cpu_count()} CPUs, Python {sys.version.split()[0]}, {args.duration:g} s per "
         f"level after {args.warmup:g} s warm-up, at most {args.procs} client processes; "
@@ -403,6 +366,25 @@ def main(argv: list[str] | None = None) -> int:
         for server, clients in hot.items():
             for name, (p50, p99) in clients.items():
                 print(f"| {server} | {name} | {p50:.2f} | {p99:.2f} |")
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the benchmark and print the tables."""
+    ap = build_parser()
+    args = ap.parse_args(argv)
+    servers = args.servers.split(",")
+    unknown = [s for s in servers if s not in SERVER_KINDS]
+    if unknown:
+        ap.error(f"unknown server kind(s) {', '.join(unknown)}; choose from {SERVER_KINDS}")
+    rows: list[Result] = []
+    hot: dict[str, dict[str, tuple[float, float]]] = {}
+    load_before = os.getloadavg()[0]
+    for server in servers:
+        server_rows, server_hot = bench_server(server, args)
+        rows.extend(server_rows)
+        if server_hot:
+            hot[server] = server_hot
+    print_tables(rows, hot, args, load_before)
     return 0
 
 

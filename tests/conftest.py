@@ -2,78 +2,104 @@
 
 from __future__ import annotations
 
-import glob
 import json
 import os
+import signal
 import subprocess
-import sys
 
+import psutil
 import pytest
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-PYTHON = sys.executable
+import supervisor
+from supervisor import PYTHON, ROOT
+from trainer import layout
 
 
-def child_env(**extra: str) -> dict[str, str]:
-    """The test's environment without DMLC variables, one thread per process."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("DMLC_")}
-    env.update(OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", PYTHONUNBUFFERED="1")
-    env.update(extra)
-    return env
+def test_env(**extra: str) -> dict[str, str]:
+    """The test's environment without cluster variables, one thread per process."""
+    return supervisor.child_env(1, extra, drop=supervisor.CLUSTER_VARS)
 
 
 def run_py(args: list[str], timeout: float = 300, **env: str) -> subprocess.CompletedProcess:
-    """Run ``python <args>`` from the repo root and capture its output."""
-    return subprocess.run(
+    """Run ``python <args>`` from the repo root and capture its output.
+
+    The command runs in its own session; on a time-out the whole session (a launcher and the
+    cluster it started) is killed, so nothing is left to disturb later tests.
+    """
+    proc = subprocess.Popen(
         [PYTHON, *args],
         cwd=ROOT,
-        env=child_env(**env),
-        capture_output=True,
+        env=test_env(**env),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
         text=True,
-        timeout=timeout,
+        start_new_session=True,
     )
+    try:
+        out, err = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        kill_session(proc.pid)
+        out, err = proc.communicate()
+        raise AssertionError(f"{args} timed out after {timeout} s:\n{out}\n{err}") from None
+    return subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
+
+
+def kill_session(sid: int) -> None:
+    """SIGKILL a process and all its descendants (a launcher's children have sessions of
+    their own, so killing its session alone would leave them)."""
+    try:
+        root = psutil.Process(sid)
+        family = [root, *root.children(recursive=True)]
+    except psutil.NoSuchProcess:
+        return
+    for proc in family:
+        supervisor.signal_group(proc.pid, signal.SIGKILL)
 
 
 def read_rounds(folder: str) -> list[dict]:
     """The records of one worker folder."""
-    with open(os.path.join(folder, "rounds.jsonl")) as fh:
+    with open(os.path.join(folder, layout.ROUNDS_NAME)) as fh:
         return [json.loads(line) for line in fh if line.strip()]
 
 
 def worker_folders(log_dir: str, network: str, mode_dir: str) -> dict[int, str]:
     """rank -> worker folder of one run."""
     found = {}
-    for folder in glob.glob(os.path.join(log_dir, network, mode_dir, "*", "*-rank*")):
-        with open(os.path.join(folder, "meta.json")) as fh:
-            found[json.load(fh)["rank"]] = folder
+    for worker in layout.worker_dirs(layout.mode_dir(log_dir, network, mode_dir)):
+        with open(worker.meta) as fh:
+            found[json.load(fh)["rank"]] = str(worker.path)
     return found
+
+
+def _live(proc: psutil.Process) -> bool:
+    try:
+        return proc.status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
 
 
 def pid_alive(pid: int) -> bool:
     """True when ``pid`` exists and is not a zombie."""
     try:
-        with open(f"/proc/{pid}/stat") as fh:
-            return fh.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except OSError:
+        return _live(psutil.Process(pid))
+    except psutil.NoSuchProcess:
         return False
 
 
 def group_alive(pgid: int) -> bool:
     """True when any live process is in process group ``pgid``."""
-    for stat in glob.glob("/proc/[0-9]*/stat"):
+    for proc in psutil.process_iter():
         try:
-            with open(stat) as fh:
-                fields = fh.read().rsplit(")", 1)[1].split()
-        except OSError:
+            if os.getpgid(proc.pid) == pgid and _live(proc):
+                return True
+        except (ProcessLookupError, psutil.NoSuchProcess):
             continue
-        if fields[0] != "Z" and int(fields[2]) == pgid:
-            return True
     return False
 
 
 def launched_pids(log_dir: str, network: str, mode_dir: str) -> dict[str, int]:
     """The pids launch.py recorded for one run."""
-    with open(os.path.join(log_dir, "processes", network, mode_dir, "pids.json")) as fh:
+    with open(layout.process_dir(log_dir, network, mode_dir) / layout.PIDS_NAME) as fh:
         return json.load(fh)
 
 

@@ -21,12 +21,23 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from launch import Cluster, Proc
+from supervisor import PYTHON, Cluster, LaunchError, Proc
 
 PREFIX = "esmh"  # namespace names: esmh<pid>-<role>
 NIC = "veth0"  # name of the cluster interface inside every host namespace
 SUBNET = "10.77.0"  # /24 inside the namespaces only; never routed anywhere
 MARKER_VAR = "ESYNC_NETNS_TEST"  # set in every child, to find leftovers by environment
+# GET a URL (argv[1]); prints the HTTP status on the first line and the body; exit 1 on no answer
+_HTTP_GET = """import sys, urllib.error, urllib.request
+try:
+    r = urllib.request.urlopen(sys.argv[1], timeout=2)
+except urllib.error.HTTPError as e:
+    r = e
+except OSError:
+    sys.exit(1)
+print(r.getcode())
+sys.stdout.write(r.read().decode(errors="replace"))
+"""
 
 
 def available() -> tuple[bool, str]:
@@ -98,6 +109,26 @@ class Host:
             self.name,
             *argv,
         ]
+
+    def http_get(self, url: str) -> tuple[int, str] | None:
+        """(status, body) of GET ``url`` from inside this host; None when nothing answers."""
+        cmd = self.wrap([PYTHON, "-c", _HTTP_GET, url])
+        res = subprocess.run(cmd, capture_output=True, text=True, timeout=30)
+        if res.returncode != 0:
+            return None
+        status, _, body = res.stdout.partition("\n")
+        return int(status), body
+
+    def wait_http(self, url: str, proc: Proc, timeout: float) -> None:
+        """Wait until ``url`` answers from inside this host (any HTTP status); LaunchError when
+        ``proc`` (the server) dies or time runs out."""
+        deadline = time.monotonic() + timeout
+        while self.http_get(url) is None:
+            if proc.poll() is not None:
+                raise LaunchError(proc.describe_exit())
+            if time.monotonic() > deadline:
+                raise LaunchError(f"{url} did not answer {self.name} within {timeout:.0f} s")
+            time.sleep(0.2)
 
 
 @dataclass
@@ -204,19 +235,14 @@ class Network:
 
 @dataclass
 class Processes(Cluster):
-    """Children of one test, stopped like launch.py stops a run (process groups, TERM then
-    KILL), plus anything that still carries this run's marker in its environment."""
+    """Children of one test, stopped by ``supervisor.Cluster`` (process groups, TERM then
+    KILL), plus anything that still carries this run's marker (``MARKER_VAR``, set through
+    ``env_extra``) in its environment."""
 
     marker: str = field(default_factory=lambda: f"{PREFIX}{os.getpid()}-{time.time_ns()}")
 
-    def start(
-        self,
-        name: str,
-        argv: Sequence[str],
-        env: dict[str, str],  # type: ignore[override]
-        cwd: str,
-    ) -> Proc:
-        return super().start(name, "test", list(argv), {**env, MARKER_VAR: self.marker}, cwd)
+    def __post_init__(self) -> None:
+        self.env_extra = {**self.env_extra, MARKER_VAR: self.marker}
 
     def stop_all(self, grace: float = 5.0) -> None:
         self.stop(grace)
@@ -241,10 +267,3 @@ class Processes(Cluster):
             if needle in env:
                 found.append(int(entry))
         return found
-
-
-def _killpg(pgid: int, sig: int) -> None:
-    try:
-        os.killpg(pgid, sig)
-    except (ProcessLookupError, PermissionError):
-        pass

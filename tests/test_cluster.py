@@ -15,10 +15,10 @@ from conftest import (
     PYTHON,
     ROOT,
     assert_all_gone,
-    child_env,
     launched_pids,
     read_rounds,
     run_py,
+    test_env,
     worker_folders,
 )
 
@@ -109,7 +109,7 @@ def _start_launcher(log_dir: str, *flags: str) -> subprocess.Popen:
     return subprocess.Popen(
         [PYTHON, "launch.py", *flags, "-n", "lenet", "-ld", log_dir],
         cwd=ROOT,
-        env=child_env(),
+        env=test_env(),
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
@@ -223,25 +223,8 @@ def test_esync_with_batchnorm_network_keeps_workers_identical(log_dir: str) -> N
     """resnet18-v1 has BatchNorm: its running statistics are averaged into the checksum too."""
     res = run_py(
         [
-            "launch.py",
-            "-w",
-            "2",
-            "--slowdowns",
-            "1,2",
-            "-m",
-            "esync",
-            "-n",
-            "resnet18-v1",
-            "-b",
-            "8",
-            "--rounds",
-            "3",
-            "-e",
-            "3",
-            "-ld",
-            log_dir,
-            "--timeout",
-            "200",
+            *"launch.py -w 2 --slowdowns 1,2 -m esync -n resnet18-v1 -b 8 --rounds 3 -e 3".split(),
+            *("-ld", log_dir, "--timeout", "200"),
         ],
         timeout=240,
     )

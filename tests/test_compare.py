@@ -16,30 +16,10 @@ MODES = ("esync", "sync", "local")
 
 
 def test_compare_writes_consistent_report(log_dir: str) -> None:
+    flags = "-w 3 --slowdowns 1,1,4 -n lenet --rounds 100000 --max-time 6 -e 3 --target 0.5"
     res = run_py(
-        [
-            "launch.py",
-            "--compare",
-            ",".join(MODES),
-            "-w",
-            "3",
-            "--slowdowns",
-            "1,1,4",
-            "-n",
-            "lenet",
-            "--rounds",
-            "100000",
-            "--max-time",
-            "6",
-            "-e",
-            "3",
-            "--target",
-            "0.5",
-            "-ld",
-            log_dir,
-            "--timeout",
-            "120",
-        ],
+        ["launch.py", "--compare", ",".join(MODES), *flags.split(), "-ld", log_dir]
+        + ["--timeout", "120"],
         timeout=400,
     )
     assert res.returncode == 0, res.stdout + res.stderr

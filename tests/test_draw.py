@@ -69,7 +69,7 @@ def test_no_niid_figure_without_niid_runs(tmp_path: Path) -> None:
 
 def test_speedup_numbers(drawn: tuple[Path, list[str]]) -> None:
     base, _ = drawn
-    rows = {r["mode"]: r for r in draw.speedup_table(load_all(base, NET), 0.9)}
+    rows = report.speedup_table(load_all(base, NET), 0.9)
     got = {m: (r["time_to_target_s"], r["esync_speedup"]) for m, r in rows.items()}
     assert got == {
         "esync": (4.0, 1.0),
@@ -80,7 +80,9 @@ def test_speedup_numbers(drawn: tuple[Path, list[str]]) -> None:
         "sync-niid": (None, None),
     }
     assert rows["sync-niid"]["esync_mode"] == "esync-niid"
-    niid = {r["mode"]: r["esync_speedup"] for r in draw.speedup_table(load_all(base, NET), 0.5)}
+    niid = {
+        m: r["esync_speedup"] for m, r in report.speedup_table(load_all(base, NET), 0.5).items()
+    }
     assert niid["sync-niid"] == 8.0 / 4.0
     text = (base / NET / "speedup.md").read_text()
     assert "| sync | iid | 32.0 | 93.75% | 8.00 |" in text
@@ -90,8 +92,8 @@ def test_speedup_numbers(drawn: tuple[Path, list[str]]) -> None:
 def test_speedup_without_esync(tmp_path: Path) -> None:
     build_logs(tmp_path, niid=False)
     shutil.rmtree(tmp_path / NET / "esync")
-    rows = draw.speedup_table(load_all(tmp_path, NET), 0.9)
-    assert all(r["esync_mode"] is None and r["esync_speedup"] is None for r in rows)
+    rows = report.speedup_table(load_all(tmp_path, NET), 0.9)
+    assert all(r["esync_mode"] is None and r["esync_speedup"] is None for r in rows.values())
     assert "no ESync run" in draw.speedup_markdown(rows, NET, 0.9)
 
 

@@ -11,14 +11,8 @@ from mxnet.gluon import nn
 from models import MODEL_NAMES, get_model, input_size
 
 EXPECTED_NAMES = (
-    "lenet",
-    "alexnet",
-    "resnet18-v1",
-    "resnet50-v1",
-    "resnet50-v2",
-    "mobilenet-v1",
-    "mobilenet-v2",
-    "inception-v3",
+    *("lenet", "alexnet", "resnet18-v1", "resnet50-v1", "resnet50-v2"),
+    *("mobilenet-v1", "mobilenet-v2", "inception-v3"),
 )
 
 

@@ -23,7 +23,6 @@ import os
 import re
 import secrets
 import subprocess
-import sys
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -32,8 +31,9 @@ from typing import Any
 import pytest
 
 import summary
+from supervisor import CLUSTER_VARS, PYTHON, child_env
 from tests import netns
-from tests.test_deploy_files import (
+from tests.deploy_files import (
     ROOT,
     dockerfile_entrypoint,
     flag_value,
@@ -44,7 +44,6 @@ from tests.test_deploy_files import (
 )
 
 OK, WHY = netns.available()
-PYTHON = sys.executable
 ROUNDS = 5
 WORKERS = {"hostB": (1.0, 1.0), "hostC": (4.0, 8.0)}  # slowdowns of the workers per host
 TIMEOUT_S = 150.0  # for one whole run; each takes ~6-15 s on 2 cores
@@ -56,13 +55,8 @@ pytestmark = [
 ]
 
 
-def _child_env(extra: Mapping[str, Any]) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("DMLC_", "PS_", "ESYNC_"))}
-    env.update(
-        OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", OPENBLAS_NUM_THREADS="1", PYTHONUNBUFFERED="1"
-    )
-    env.update({k: str(v) for k, v in extra.items()})
-    return env
+def _env(extra: dict[str, str]) -> dict[str, str]:
+    return child_env(1, extra, drop=CLUSTER_VARS)
 
 
 def _interpolate(env: Mapping[str, Any], values: Mapping[str, str]) -> dict[str, str]:
@@ -94,36 +88,13 @@ def _nic_bytes(host: netns.Host, nic: str) -> tuple[int, int]:
     return stats["rx"]["bytes"], stats["tx"]["bytes"]
 
 
-def _wait_http(host: netns.Host, url: str, server: netns.Proc, timeout: float) -> None:
-    """Poll ``url`` from inside ``host`` until it answers (any HTTP status)."""
-    probe = (
-        "import sys, time, urllib.error, urllib.request\n"
-        f"end = time.time() + {timeout}\n"
-        "while time.time() < end:\n"
-        "    try:\n"
-        f"        urllib.request.urlopen({url!r}, timeout=2); sys.exit(0)\n"
-        "    except urllib.error.HTTPError:\n"
-        "        sys.exit(0)\n"
-        "    except OSError:\n"
-        "        time.sleep(0.2)\n"
-        "sys.exit(1)\n"
-    )
-    res = subprocess.run(
-        host.wrap([PYTHON, "-c", probe]), capture_output=True, text=True, timeout=timeout + 30
-    )
-    assert res.returncode == 0, (
-        f"the State Server did not answer at {url} from {host.name}:\n{server.tail()}"
-    )
-
-
 def _supervise(procs: netns.Processes, deadline: float) -> None:
     """Wait until every process but the State Server has exited; fail at once on an error."""
     while True:
-        codes = {p.name: p.popen.poll() for p in procs.procs}
+        codes = {p.name: p.poll() for p in procs.procs}
         failed = [p for p in procs.procs if codes[p.name] not in (None, 0)]
         if failed:
-            p = failed[0]
-            pytest.fail(f"{p.name} exited with code {p.popen.returncode}:\n{p.tail()}")
+            pytest.fail(failed[0].describe_exit())
         if all(code == 0 for name, code in codes.items() if name != "stateserver"):
             return
         if time.monotonic() > deadline:
@@ -146,7 +117,7 @@ Worker = tuple[dict[str, Any], list[dict[str, Any]]]
 def _check_records(
     mode_dir: Path, expected: Mapping[str, Sequence[float]], rounds: int
 ) -> list[Worker]:
-    """One folder per worker, in its host's folder, all rounds, equal final checksums."""
+    """One folder per worker, in its host's folder, all rounds, equal checksums every round."""
     workers: list[Worker] = []
     for folder in sorted(mode_dir.glob("*/*-rank*")):
         meta = json.loads((folder / "meta.json").read_text())
@@ -160,11 +131,13 @@ def _check_records(
         assert meta["num_workers"] == num_workers
     assert {h: sorted(s) for h, s in by_host.items()} == {h: sorted(s) for h, s in expected.items()}
     assert sorted(meta["rank"] for meta, _ in workers) == list(range(num_workers))
-    checksums = set()
+    checksums: dict[int, set[str]] = {}  # round -> checksums of the workers
     for meta, records in workers:
         assert [r["round"] for r in records] == list(range(1, rounds + 1)), meta
-        checksums.add(records[-1]["checksum"])
-    assert len(checksums) == 1, f"workers disagree on the final parameters: {checksums}"
+        for r in records:
+            checksums.setdefault(r["round"], set()).add(r["checksum"])
+    differ = {n: sums for n, sums in checksums.items() if len(sums) != 1}
+    assert not differ, f"workers disagree on the parameters after rounds {sorted(differ)}: {differ}"
     rank0 = next(records for meta, records in workers if meta["rank"] == 0)
     assert "test_acc" in rank0[-1] and 0.0 <= rank0[-1]["test_acc"] <= 1.0
     # Alg. 2 at work across hosts: the unslowed workers get extra local iterations while
@@ -192,13 +165,15 @@ def _assert_traffic_crossed_nics(
         assert tx >= pushed and rx >= pulled, (host_name, rx, tx, pushed, pulled)
 
 
-def test_esync_on_three_emulated_hosts(tmp_path: Path) -> None:
+def _deployment(tmp_path: Path) -> tuple[dict, dict, list[str], str, Path]:
+    """The compose services, their roles, the image's main.py, a fresh token, the log dir."""
     compose = load_compose()
-    services = compose["services"]
-    roles = services_by_role(compose)
-    main_py = _main_py()
     token = secrets.token_hex(16)
-    log_dir = tmp_path / "logs"
+    return compose["services"], services_by_role(compose), _main_py(), token, tmp_path / "logs"
+
+
+def test_esync_on_three_emulated_hosts(tmp_path: Path) -> None:
+    services, roles, main_py, token, log_dir = _deployment(tmp_path)
     num_workers = sum(len(s) for s in WORKERS.values())
     procs = netns.Processes(str(tmp_path / "processes"))
     netns.remove_stale()
@@ -218,24 +193,27 @@ def test_esync_on_three_emulated_hosts(tmp_path: Path) -> None:
 
             # 1. the State Server on A, with docker-compose.yml's command
             state_cmd = state_server_command()
-            port = int(state_cmd[3].rsplit(":", 1)[1])
+            port = int(state_cmd[4].rsplit(":", 1)[1])
             state_env = _interpolate(services["stateserver"]["environment"], {"ESYNC_TOKEN": token})
             state_env["ESYNC_ALLOWED_HOSTS"] = a.address
             state = procs.start(
-                "stateserver", a.wrap([PYTHON, *state_cmd[1:]]), _child_env(state_env), str(ROOT)
+                "stateserver",
+                "state-server",
+                a.wrap([PYTHON, *state_cmd[1:]]),
+                _env(state_env),
+                str(ROOT),
             )
             # probed from another host, so the route between namespaces is checked too
-            _wait_http(
-                net.hosts["hostB"], f"http://{a.address}:{port}/status.json", state, timeout=60
-            )
+            net.hosts["hostB"].wait_http(f"http://{a.address}:{port}/status.json", state, 60)
 
             # 2. and 3. the scheduler and the parameter server on A
             for role in ("scheduler", "server"):
                 service = roles[role][0]
                 procs.start(
                     role,
+                    role,
                     a.wrap([*main_py, *services[service]["command"]]),
-                    _child_env(dmlc_env(service)),
+                    _env(dmlc_env(service)),
                     str(ROOT),
                 )
 
@@ -257,14 +235,15 @@ def test_esync_on_three_emulated_hosts(tmp_path: Path) -> None:
                     )
                     procs.start(
                         f"worker{n}-{host_name}",
+                        "worker",
                         net.hosts[host_name].wrap([*main_py, *flags]),
-                        _child_env(dmlc_env(worker)),
+                        _env(dmlc_env(worker)),
                         str(ROOT),
                     )
                     n += 1
 
             _supervise(procs, started + TIMEOUT_S)
-            assert state.popen.poll() is None, f"the State Server died:\n{state.tail()}"
+            assert state.poll() is None, f"the State Server died: {state.describe_exit()}"
             traffic = {name: _nic_bytes(net.hosts[name], net.nic) for name in WORKERS}
     finally:
         procs.stop_all()
@@ -281,12 +260,7 @@ def test_esync_on_three_emulated_hosts(tmp_path: Path) -> None:
 
 
 def test_compose_file_on_emulated_hosts(tmp_path: Path) -> None:
-    compose = load_compose()
-    services = compose["services"]
-    roles = services_by_role(compose)
-    main_py = _main_py()
-    token = secrets.token_hex(16)
-    log_dir = tmp_path / "logs"
+    services, roles, main_py, token, log_dir = _deployment(tmp_path)
     rounds = 3 * ROUNDS
     procs = netns.Processes(str(tmp_path / "processes"))
     netns.remove_stale()
@@ -298,16 +272,18 @@ def test_compose_file_on_emulated_hosts(tmp_path: Path) -> None:
         ) as net:
 
             def env_of(service: str) -> dict[str, str]:
-                return _child_env(
-                    _interpolate(services[service]["environment"], {"ESYNC_TOKEN": token})
-                )
+                return _env(_interpolate(services[service]["environment"], {"ESYNC_TOKEN": token}))
 
             def host_of(service: str) -> netns.Host:
                 return net.hosts[services[service]["hostname"]]
 
+            def role_of(service: str) -> str:
+                return services[service]["environment"].get("DMLC_ROLE", "state-server")
+
             state_cmd = state_server_command()
             state = procs.start(
                 "stateserver",
+                "state-server",
                 host_of("stateserver").wrap([PYTHON, *state_cmd[1:]]),
                 env_of("stateserver"),
                 str(ROOT),
@@ -317,10 +293,11 @@ def test_compose_file_on_emulated_hosts(tmp_path: Path) -> None:
                 f"http://{flag_value(worker_flags, '-ip')}:"
                 f"{flag_value(worker_flags, '-port')}/status.json"
             )
-            _wait_http(host_of(roles["worker"][0]), url, state, timeout=60)
+            host_of(roles["worker"][0]).wait_http(url, state, timeout=60)
             for service in roles["scheduler"] + roles["server"]:
                 procs.start(
                     service,
+                    role_of(service),
                     host_of(service).wrap([*main_py, *services[service]["command"]]),
                     env_of(service),
                     str(ROOT),
@@ -329,11 +306,10 @@ def test_compose_file_on_emulated_hosts(tmp_path: Path) -> None:
                 flags = with_flags(
                     services[service]["command"], {"-ld": str(log_dir), "--rounds": str(rounds)}
                 )
-                procs.start(
-                    service, host_of(service).wrap([*main_py, *flags]), env_of(service), str(ROOT)
-                )
+                argv = host_of(service).wrap([*main_py, *flags])
+                procs.start(service, "worker", argv, env_of(service), str(ROOT))
             _supervise(procs, started + TIMEOUT_S)
-            assert state.popen.poll() is None, f"the State Server died:\n{state.tail()}"
+            assert state.poll() is None, f"the State Server died: {state.describe_exit()}"
             traffic = {
                 services[s]["hostname"]: _nic_bytes(host_of(s), nic) for s in roles["worker"]
             }

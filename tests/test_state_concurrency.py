@@ -2,19 +2,15 @@
 
 from __future__ import annotations
 
-import sys
 import threading
 import time
-from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "StateServer"))
-
-from stateserver.dispatcher import Dispatcher, OverloadedError  # noqa: E402
-from stateserver.messages import InitMsg, QueryMsg, ReportMsg, ResetMsg  # noqa: E402
-from stateserver.router import DEFAULT_HANDLERS, Router, SnapshotMsg  # noqa: E402
-from stateserver.scheduler import SchedulerError  # noqa: E402
+from StateServer.dispatcher import Dispatcher, OverloadedError
+from StateServer.messages import InitMsg, QueryMsg, ReportMsg, ResetMsg
+from StateServer.router import DEFAULT_HANDLERS, Router, SnapshotMsg
+from StateServer.scheduler import SchedulerError
 
 THREADS = 24
 PER_THREAD = 150

@@ -5,11 +5,7 @@ from __future__ import annotations
 import http.client
 import http.server
 import json
-import os
-import signal
 import socket
-import subprocess
-import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -18,22 +14,24 @@ from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-
-from trainer.state_client import (  # noqa: E402
+from supervisor import (
+    CLUSTER_VARS,
+    Cluster,
+    LaunchError,
+    Proc,
+    child_env,
+    free_port,
+    state_server_cmd,
+    wait_http,
+)
+from trainer.state_client import (
     StateClient,
     StateServerError,
     StateServerUnreachable,
 )
 
 TOKEN = "s3cret-token"
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+START_TIMEOUT_S = 30
 
 
 @dataclass
@@ -42,7 +40,8 @@ class Server:
 
     kind: str
     port: int
-    proc: subprocess.Popen
+    proc: Proc
+    cluster: Cluster
     before_init: dict[str, tuple[int, dict]] = field(default_factory=dict)
 
     @property
@@ -107,68 +106,24 @@ class Server:
         return obj
 
 
-def _command(kind: str, port: int) -> list[str]:
-    if kind.startswith("runserver"):
-        return [
-            sys.executable,
-            str(ROOT / "StateServer" / "manage.py"),
-            "runserver",
-            "--noreload",
-            f"127.0.0.1:{port}",
-        ]
-    return [
-        sys.executable,
-        "-m",
-        "gunicorn",
-        "-c",
-        str(ROOT / "StateServer" / "gunicorn.conf.py"),
-        "-b",
-        f"127.0.0.1:{port}",
-    ]
-
-
-def _stop(proc: subprocess.Popen) -> None:
-    for sig in (signal.SIGTERM, signal.SIGKILL):
-        try:
-            os.killpg(proc.pid, sig)
-            proc.wait(10)
-            break
-        except ProcessLookupError:
-            break
-        except subprocess.TimeoutExpired:
-            continue
-
-
-def start_server(kind: str) -> Server:
+def start_server(kind: str, proc_dir: Path) -> Server:
+    """Start a ``runserver`` or ``gunicorn`` server (``+token``: with a token and a host list)
+    in its own process group, its output in ``proc_dir``; record its answers before init."""
     port = free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith("ESYNC_")}
+    extra = {}
     if kind.endswith("+token"):
-        env["ESYNC_TOKEN"] = TOKEN
-        env["ESYNC_ALLOWED_HOSTS"] = "127.0.0.1,localhost"
-    proc = subprocess.Popen(
-        _command(kind, port),
-        cwd=ROOT,
-        env=env,
-        start_new_session=True,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-    )
-    server = Server(kind, port, proc)
-    deadline = time.monotonic() + 30
-    while True:
-        if proc.poll() is not None:
-            raise RuntimeError(f"{kind} exited: {proc.stderr.read().decode()[-2000:]}")
-        try:
-            if server.request("GET", "/status.json")[0] == 200:
-                break
-        except OSError:
-            pass
-        if time.monotonic() > deadline:
-            _stop(proc)
-            raise RuntimeError(f"{kind} did not start")
-        time.sleep(0.05)
-    proc.stderr.close()  # nothing reads it any more: do not let a full pipe block the server
-    proc.stderr = None
+        extra = {"ESYNC_TOKEN": TOKEN, "ESYNC_ALLOWED_HOSTS": "127.0.0.1,localhost"}
+    env = child_env(extra=extra, drop=CLUSTER_VARS)
+    cluster = Cluster(proc_dir)
+    cmd = state_server_cmd(kind.removesuffix("+token"), "127.0.0.1", port)
+    proc = cluster.start(kind.replace("+", "-"), "state-server", cmd, env)
+    server = Server(kind, port, proc, cluster)
+    try:
+        wait_http(f"{server.url}/status.json", proc, START_TIMEOUT_S)
+        assert server.request("GET", "/status.json")[0] == 200
+    except (LaunchError, AssertionError, OSError):
+        cluster.stop()
+        raise
     query = {"msg_type": "query", "rank": 0, "k": 1, "c": 0.1, "te": 1.0}
     server.before_init = {
         "query": server.json("POST", "/msg/", query, headers=server.auth()),
@@ -183,23 +138,28 @@ def start_server(kind: str) -> Server:
     return server
 
 
-@pytest.fixture(scope="module", params=["runserver", "gunicorn"])
-def server(request: pytest.FixtureRequest) -> Iterator[Server]:
-    srv = start_server(request.param)
+def _serve(kind: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    """A server of ``kind`` for a module's tests; stopped (and checked gone) afterwards."""
+    srv = start_server(kind, tmp_path_factory.mktemp("state-server"))
     try:
         yield srv
     finally:
-        _stop(srv.proc)
+        srv.cluster.stop()
     assert srv.proc.poll() is not None
 
 
+@pytest.fixture(scope="module", params=["runserver", "gunicorn"])
+def server(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Server]:
+    yield from _serve(request.param, tmp_path_factory)
+
+
 @pytest.fixture(scope="module", params=["runserver+token", "gunicorn+token"])
-def token_server(request: pytest.FixtureRequest) -> Iterator[Server]:
-    srv = start_server(request.param)
-    try:
-        yield srv
-    finally:
-        _stop(srv.proc)
+def token_server(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Server]:
+    yield from _serve(request.param, tmp_path_factory)
 
 
 # --- before init ----------------------------------------------------------------------
@@ -629,9 +589,79 @@ def test_client_retries_until_the_server_comes_up() -> None:
         assert not starter.is_alive()
 
 
+class _WrongAnswerHandler(http.server.BaseHTTPRequestHandler):
+    """Answers every POST with 200 and the next body of ``answers`` (not the protocol's)."""
+
+    protocol_version = "HTTP/1.1"
+    answers: list[bytes] = []
+
+    def do_POST(self) -> None:  # noqa: N802 (http.server naming)
+        self.rfile.read(int(self.headers["Content-Length"]))
+        body = self.answers.pop(0)
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+WRONG_ANSWERS: list[tuple[str, tuple, dict | list | str, str]] = [
+    ("query", (0, 1, 0.1, 1.0), {"msg_type": "ack", "of": "report", "round": 1, "rank": 0}, "ack"),
+    ("query", (0, 1, 0.1, 1.0), {"msg_type": "response", "rank": 0, "round": 1}, "action"),
+    ("query", (0, 1, 0.1, 1.0), {"msg_type": "response", "rank": 0, "action": "go"}, "action"),
+    (
+        "query",
+        (0, 1, 0.1, 1.0),
+        {"msg_type": "response", "rank": 1, "round": 1, "action": "sync"},
+        "rank 1",
+    ),
+    ("query", (0, 1, 0.1, 1.0), [1, 2], "not a JSON object"),
+    ("query", (0, 1, 0.1, 1.0), "<html>", "not JSON"),
+    ("report", (0, 1, 0.1, 1.0), {"ok": True}, "no msg_type"),
+    (
+        "report",
+        (0, 1, 0.1, 1.0),
+        {"msg_type": "ack", "of": "reset", "round": 1, "rank": 0},
+        "ack of report",
+    ),
+    ("reset", (2, 3, 1.0), {"msg_type": "ack", "of": "reset", "round": 3, "rank": 1}, "rank 1"),
+    ("reset", (2, 3, 1.0), {"msg_type": "ack", "of": "reset", "round": "3", "rank": 2}, "round"),
+    (
+        "init",
+        (2, 0.5),
+        {"msg_type": "response", "rank": 0, "round": 0, "action": "sync"},
+        "expected an ack",
+    ),
+]
+
+
+def test_client_rejects_answers_that_are_not_the_protocol() -> None:
+    _WrongAnswerHandler.answers = [
+        (a if isinstance(a, str) else json.dumps(a)).encode() for _, _, a, _ in WRONG_ANSWERS
+    ]
+    srv = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _WrongAnswerHandler)
+    thread = threading.Thread(target=srv.serve_forever, kwargs={"poll_interval": 0.05})
+    thread.start()
+    try:
+        with StateClient(f"http://127.0.0.1:{srv.server_address[1]}", retry_for=2) as client:
+            for method, args, answer, needle in WRONG_ANSWERS:
+                with pytest.raises(StateServerError) as err:
+                    getattr(client, method)(*args)
+                text = str(err.value)
+                assert "/msg/" in text and needle in text, (method, answer, text)
+                assert not isinstance(err.value, StateServerUnreachable)
+    finally:
+        srv.shutdown()
+        srv.server_close()
+        thread.join(5)
+    assert _WrongAnswerHandler.answers == []  # one request per call: nothing was retried
+
+
 def test_runserver_caps_open_connections() -> None:
-    sys.path.insert(0, str(ROOT / "StateServer"))
-    from stateserver.fastserver import FastWSGIServer
+    from StateServer.stateserver.fastserver import FastWSGIServer
 
     srv = FastWSGIServer(("127.0.0.1", 0), None)
     try:

@@ -4,25 +4,27 @@ from __future__ import annotations
 
 import heapq
 import random
+import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "StateServer"))
-
-from stateserver.messages import (  # noqa: E402
+from StateServer.messages import (
+    AckMsg,
     InitMsg,
     MessageError,
     QueryMsg,
     ReportMsg,
     ResetMsg,
     decode_json,
+    message_to_dict,
+    parse_ack,
     parse_fields,
     parse_message,
     parse_response,
 )
-from stateserver.scheduler import (  # noqa: E402
+from StateServer.scheduler import (
     COMPUTE,
     SYNC,
     NotInitializedError,
@@ -472,3 +474,43 @@ def test_parse_response() -> None:
     assert msg.to_dict() == {"msg_type": "response", "rank": 1, "round": 3, "action": "sync"}
     with pytest.raises(MessageError, match="action"):
         parse_response({"msg_type": "response", "rank": 1, "round": 3, "action": "wait"})
+
+
+def test_parse_ack() -> None:
+    for ack in (AckMsg(of="init", round=0), AckMsg(of="reset", round=3, rank=1)):
+        assert parse_ack(ack.to_dict(), ack.of) == ack
+    assert parse_ack({"msg_type": "ack", "of": "report", "round": 2, "rank": 0}).rank == 0
+    for obj, of, needle in [
+        ([], None, "expected an ack message, got array"),
+        ({"msg_type": "response", "rank": 0, "round": 1}, None, 'msg_type "response"'),
+        ({"of": "init", "round": 0}, None, "no msg_type"),
+        ({"msg_type": "ack", "of": "query", "round": 0, "rank": 0}, None, "'of' must be"),
+        ({"msg_type": "ack", "of": "reset", "round": 0, "rank": 0}, "report", "ack of report"),
+        ({"msg_type": "ack", "of": "init", "round": -1}, "init", "'round' must be in"),
+        ({"msg_type": "ack", "of": "init", "round": 0, "rank": 0}, "init", "'rank'"),
+        ({"msg_type": "ack", "of": "reset", "round": 0}, "reset", "'rank' must be an integer"),
+    ]:
+        with pytest.raises(MessageError) as err:
+            parse_ack(obj, of)
+        assert needle in str(err.value), (obj, str(err.value))
+
+
+@pytest.mark.parametrize(
+    "msg",
+    [InitMsg(3, 0.5), ResetMsg(1, 2, 3.0), ReportMsg(0, 4, 0.1, 5.0), QueryMsg(2, 1, 0.2, 6.0)],
+)
+def test_message_to_dict_round_trip(msg: object) -> None:
+    wire = message_to_dict(msg)
+    assert next(iter(wire)) == "msg_type"
+    assert parse_message(wire) == msg
+
+
+def test_core_does_not_import_django() -> None:
+    code = (
+        "import sys\n"
+        "import StateServer.dispatcher, StateServer.messages, StateServer.router\n"
+        "import StateServer.scheduler, StateServer.state\n"
+        "assert not [m for m in sys.modules if m.split('.')[0] == 'django'], 'django'\n"
+    )
+    root = Path(__file__).resolve().parent.parent
+    subprocess.run([sys.executable, "-c", code], cwd=root, check=True, timeout=60)

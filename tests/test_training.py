@@ -8,24 +8,8 @@ from conftest import read_rounds, run_py, worker_folders
 
 
 def test_local_lenet_reaches_90_percent(log_dir) -> None:
-    res = run_py(
-        [
-            "main.py",
-            "-m",
-            "local",
-            "-n",
-            "lenet",
-            "--dataset",
-            "digits",
-            "--rounds",
-            "400",
-            "-e",
-            "100",
-            "-ld",
-            log_dir,
-        ],
-        timeout=300,
-    )
+    flags = "-m local -n lenet --dataset digits --rounds 400 -e 100".split()
+    res = run_py(["main.py", *flags, "-ld", log_dir], timeout=300)
     assert res.returncode == 0, res.stderr
     accs = [float(a) for a in re.findall(r"\[Iteration \d+\] Test Acc ([0-9.]+)", res.stdout)]
     assert len(accs) == 4, res.stdout
@@ -39,22 +23,8 @@ def test_local_lenet_reaches_90_percent(log_dir) -> None:
 
 
 def test_max_time_stops_the_run(log_dir) -> None:
-    res = run_py(
-        [
-            "main.py",
-            "-m",
-            "local",
-            "--rounds",
-            "1000000",
-            "--max-time",
-            "2",
-            "-e",
-            "1000000",
-            "-ld",
-            log_dir,
-        ],
-        timeout=120,
-    )
+    flags = "-m local --rounds 1000000 --max-time 2 -e 1000000".split()
+    res = run_py(["main.py", *flags, "-ld", log_dir], timeout=120)
     assert res.returncode == 0, res.stderr
     records = read_rounds(worker_folders(log_dir, "lenet", "local")[0])
     assert 10 < len(records) < 1000000
@@ -71,24 +41,8 @@ def test_split_by_class_goes_to_niid_folder(log_dir) -> None:
 
 
 def test_eval_interval_evaluates_by_time(log_dir) -> None:
-    res = run_py(
-        [
-            "main.py",
-            "-m",
-            "local",
-            "--rounds",
-            "1000000",
-            "--max-time",
-            "3",
-            "-e",
-            "0",
-            "--eval-interval",
-            "0.5",
-            "-ld",
-            log_dir,
-        ],
-        timeout=120,
-    )
+    flags = "-m local --rounds 1000000 --max-time 3 -e 0 --eval-interval 0.5".split()
+    res = run_py(["main.py", *flags, "-ld", log_dir], timeout=120)
     assert res.returncode == 0, res.stderr
     records = read_rounds(worker_folders(log_dir, "lenet", "local")[0])
     times = [r["time"] for r in records if "test_acc" in r]

@@ -13,10 +13,12 @@ import numpy as np
 from mxnet import autograd, gluon
 
 from models import get_model, input_size
+from trainer import registry
 from trainer.cluster import JoinWatchdog, create_kvstore
-from trainer.modes import AsyncMode, ESyncMode, Mode, Model, Progress, SyncMode
-from trainer.options import mode_dir_name
-from trainer.records import RoundStats, RunLog, worker_dir
+from trainer.layout import split_of, worker_dir
+from trainer.options import run_dir_name
+from trainer.records import RoundStats, RunLog
+from trainer.strategy import Model, Progress, Strategy
 from utils import BatchIterator, Dataset, load_dataset, partition, test_batches
 
 SMOOTHING = 0.5  # weight of the newest batch in the moving average of c
@@ -35,20 +37,6 @@ def pick_device(gpu: int | None, force_cpu: bool) -> tuple[mx.Context, str]:
         )
         return mx.cpu(), "cpu"
     return mx.gpu(gpu), f"gpu{gpu}"
-
-
-def make_mode(args: argparse.Namespace) -> Mode:
-    """The synchronisation strategy of ``-m``."""
-    if args.mode == "esync":
-        from trainer.state_client import StateClient
-
-        client = StateClient(f"http://{args.ip}:{args.port}", retry_for=args.state_retry)
-        return ESyncMode(args.local_lr, args.batch_size, args.global_lr, client, args.epsilon)
-    if args.mode == "sync":
-        return SyncMode(args.lr, args.batch_size)
-    if args.mode == "async":
-        return AsyncMode(args.lr, args.batch_size, bool(args.dcasgd))
-    return Mode(args.lr, args.batch_size)
 
 
 def build_model(args: argparse.Namespace, data: Dataset, ctx: mx.Context) -> tuple[Model, int]:
@@ -85,7 +73,7 @@ class Worker:
     def __init__(
         self,
         args: argparse.Namespace,
-        mode: Mode,
+        mode: Strategy,
         model: Model,
         data: Dataset,
         batches: BatchIterator,
@@ -159,7 +147,7 @@ class Worker:
     def eval_due(self, round_no: int) -> bool:
         """Every ``-e`` rounds, and/or every ``--eval-interval`` seconds of training."""
         args = self.args
-        if args.eval_every and round_no % args.eval_every == 0:
+        if args.eval_every_rounds and round_no % args.eval_every_rounds == 0:
             return True
         return bool(args.eval_interval) and (
             time.perf_counter() - self.last_eval >= args.eval_interval
@@ -180,7 +168,7 @@ class Worker:
                 flush=True,
             )
         every = args.checksum_every
-        if self.mode.agrees_on_params and every > 0 and (round_no % every == 0 or stop):
+        if self.mode.synchronous and every > 0 and (round_no % every == 0 or stop):
             stats.extra["checksum"] = self.model.checksum()
         accounted = stats.compute_s + stats.query_s + stats.comm_s + stats.eval_s
         stats.wait_s = max(0.0, time.perf_counter() - started - accounted)
@@ -193,7 +181,7 @@ class Worker:
         while True:
             if self.mode.should_sync(progress, stats):
                 round_no += 1
-                stop = self.mode.synchronise(self.model, stats, round_no, self.wants_stop(round_no))
+                stop = self.mode.synchronise(self.model, stats, self.wants_stop(round_no))
                 self.end_round(round_no, stats, stop, round_started)
                 if stop:
                     return round_no
@@ -204,20 +192,48 @@ class Worker:
                 self.compute_batch(progress, stats)
 
 
+def join_cluster(args: argparse.Namespace, spec: registry.ModeSpec, mode: Strategy, model: Model):
+    """Create the KVStore of the mode and run its collective setup; None when standalone."""
+    if not spec.distributed:
+        mode.setup(model, None)
+        return None
+    with JoinWatchdog(args.connect_timeout):
+        kv = create_kvstore(spec.kv_type)
+        print(f"[worker {kv.rank}/{kv.num_workers}] joined the MXNet cluster", flush=True)
+        mode.setup(model, kv)
+    return kv
+
+
+def worker_meta(args: argparse.Namespace, mode: Strategy, device: str, shard_size: int) -> dict:
+    """meta.json of this worker (docs/log-format.md)."""
+    return {
+        "mode": args.mode,
+        "network": args.network,
+        "dataset": args.dataset,
+        "split": split_of(run_dir_name(args)),
+        "rank": mode.rank,
+        "num_workers": mode.num_workers,
+        "host": socket.gethostname(),
+        "device": device,
+        "slowdown": args.slowdown,
+        "batch_size": args.batch_size,
+        "lr": args.lr,
+        "local_lr": args.local_lr,
+        "global_lr": args.global_lr,
+        "shard_size": shard_size,
+        "pid": os.getpid(),
+        "argv": sys.argv,
+    }
+
+
 def run(args: argparse.Namespace, distributed: bool) -> int:
     """Set up data, model, KVStore and records, then train. Returns the process exit code."""
+    spec = registry.get(args.mode)
     ctx, device = pick_device(args.gpu, bool(args.cpu))
     data = load_dataset(args.dataset, args.data_dir, seed=args.seed)
     model, size = build_model(args, data, ctx)
-    mode = make_mode(args)
-    kv = None
-    if distributed:
-        with JoinWatchdog(args.connect_timeout):
-            kv = create_kvstore(mode.kv_type or "dist_sync")
-            print(f"[worker {kv.rank}/{kv.num_workers}] joined the MXNet cluster", flush=True)
-            mode.setup(model, kv)
-    else:
-        mode.setup(model, None)
+    mode = spec.load().from_args(args)
+    join_cluster(args, spec, mode, model)
     rank, num_workers = mode.rank, mode.num_workers
     shard = (
         partition(data.train_y, num_workers, rank, bool(args.split_by_class), args.seed)
@@ -227,30 +243,12 @@ def run(args: argparse.Namespace, distributed: bool) -> int:
     batches = BatchIterator(
         data.train_x, data.train_y, shard, args.batch_size, seed=args.seed * 1000 + rank, size=size
     )
-    host = socket.gethostname()
-    folder = worker_dir(args.log_dir, args.network, mode_dir_name(args), device, rank, host)
-    meta = {
-        "mode": mode_dir_name(args).removesuffix("-niid"),
-        "network": args.network,
-        "dataset": args.dataset,
-        "split": "niid" if args.split_by_class else "iid",
-        "rank": rank,
-        "num_workers": num_workers,
-        "host": host,
-        "device": device,
-        "slowdown": args.slowdown,
-        "batch_size": args.batch_size,
-        "lr": args.lr,
-        "local_lr": args.local_lr,
-        "global_lr": args.global_lr,
-        "shard_size": len(shard),
-        "pid": os.getpid(),
-        "argv": sys.argv,
-    }
+    meta = worker_meta(args, mode, device, len(shard))
+    folder = worker_dir(args.log_dir, args.network, run_dir_name(args), meta["host"], device, rank)
     worker = Worker(args, mode, model, data, batches, size, RunLog(folder, meta))
     worker.warm_up()
     print(
-        f"[worker {rank}/{num_workers}] {mode.name} {args.network} on {device}, shard "
+        f"[worker {rank}/{num_workers}] {spec.name} {args.network} on {device}, shard "
         f"{len(shard)} samples, slowdown {args.slowdown:g}, logs in {folder}",
         flush=True,
     )

@@ -1,62 +1,23 @@
-"""One synchronisation strategy per mode; the training loop (loop.py) is shared.
+"""One strategy class per training mode (the registry, trainer/registry.py, names them).
 
-A mode answers three questions for the loop: is it time to synchronise (``should_sync``), what
-happens to the local replica after a backward pass (``local_update``), and how a round is
-synchronised (``synchronise``). Everything else (data, timing, evaluation, records) is the loop's.
+The hooks are documented on :class:`trainer.strategy.Strategy`; the update arithmetic is in
+:mod:`trainer.aggregate`; moving arrays through the KVStore is :class:`KVExchange`.
 """
 
 from __future__ import annotations
 
+import argparse
 import time
-import zlib
-from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 import mxnet as mx
 
+from trainer import aggregate
 from trainer.records import RoundStats
+from trainer.strategy import Model, Progress, Strategy
 
 if TYPE_CHECKING:
     from trainer.state_client import StateClient
-
-
-@dataclass
-class Model:
-    """A network and direct handles on its arrays (updates write into them in place)."""
-
-    net: mx.gluon.HybridBlock
-    ctx: mx.Context
-    params: list[mx.nd.NDArray] = field(default_factory=list)  # trainable weights
-    grads: list[mx.nd.NDArray] = field(default_factory=list)
-    aux: list[mx.nd.NDArray] = field(default_factory=list)  # BatchNorm running statistics
-
-    @classmethod
-    def wrap(cls, net: mx.gluon.HybridBlock, ctx: mx.Context) -> Model:
-        """Collect the arrays of an initialised (shape-inferred) network."""
-        model = cls(net, ctx)
-        for param in net.collect_params().values():
-            if param.grad_req == "null":
-                model.aux.append(param.data(ctx))
-            else:
-                model.params.append(param.data(ctx))
-                model.grads.append(param.grad(ctx))
-        return model
-
-    def checksum(self) -> str:
-        """CRC32 over every weight and running statistic, as 8 hex digits."""
-        crc = 0
-        for array in self.params + self.aux:
-            crc = zlib.crc32(array.asnumpy().tobytes(), crc)
-        return f"{crc:08x}"
-
-
-@dataclass
-class Progress:
-    """A worker's progress in the current round, as the State Server sees it."""
-
-    k: int = 0  # local iterations in this round
-    c: float = 0.0  # seconds per batch (moving average, emulated slowdown included)
-    te: float = field(default_factory=time.time)  # Unix time the last iteration finished
 
 
 def nbytes(arrays: list[mx.nd.NDArray]) -> int:
@@ -64,25 +25,17 @@ def nbytes(arrays: list[mx.nd.NDArray]) -> int:
     return sum(a.size * a.dtype(0).itemsize for a in arrays)
 
 
-def sgd_step(
-    weights: list[mx.nd.NDArray], grads: list[mx.nd.NDArray], lr: float, rescale: float
-) -> None:
-    """Plain SGD in place: w -= lr * rescale * g."""
-    for w, g in zip(weights, grads, strict=True):
-        mx.nd.sgd_update(w, g, lr=lr, wd=0.0, rescale_grad=rescale, out=w)
+class KVExchange:
+    """Push arrays to the KVStore and pull arrays back, timed and counted into RoundStats.
 
-
-class SumExchange:
-    """Push arrays to a dist_sync KVStore without an optimizer and pull back their sum.
-
-    With no updater on the server, the stored value of a key becomes the sum of what the
-    workers pushed in this round, so every worker pulls the same bytes.
+    On a dist_sync store without an optimizer the stored value of a key becomes the sum of
+    what the workers pushed in this round, so every worker pulls the same bytes; on a
+    dist_async store with an optimizer the server applies each push at once.
     """
 
     def __init__(self, kv: mx.kv.KVStore, template: list[mx.nd.NDArray]) -> None:
         self.kv = kv
         self.keys = list(range(len(template)))
-        self.sums = [mx.nd.zeros(a.shape, a.context, dtype=a.dtype) for a in template]
         self.size = nbytes(template)
 
     def init_and_pull(self, values: list[mx.nd.NDArray]) -> None:
@@ -91,97 +44,67 @@ class SumExchange:
         self.kv.pull(self.keys, out=values)
         mx.nd.waitall()
 
-    def __call__(self, values: list[mx.nd.NDArray], stats: RoundStats) -> list[mx.nd.NDArray]:
+    def __call__(
+        self, push: list[mx.nd.NDArray], pull_into: list[mx.nd.NDArray], stats: RoundStats
+    ) -> None:
         started = time.perf_counter()
-        self.kv.push(self.keys, values)
-        self.kv.pull(self.keys, out=self.sums)
+        self.kv.push(self.keys, push)
+        self.kv.pull(self.keys, out=pull_into)
         mx.nd.waitall()
         stats.comm_s += time.perf_counter() - started
         stats.bytes_pushed += self.size
         stats.bytes_pulled += self.size
-        return self.sums
 
 
-class Mode:
-    """Standalone training (``local``); the base of the distributed modes."""
-
-    name = "local"
-    kv_type: str | None = None
-    agrees_on_params = False  # all workers hold identical parameters after each round
-
-    def __init__(self, lr: float, batch_size: int) -> None:
-        self.lr = lr
-        self.batch_size = batch_size
-        self.rank = 0
-        self.num_workers = 1
-
-    def setup(self, model: Model, kv: mx.kv.KVStore | None) -> None:
-        """Called once before training (collective in the distributed modes)."""
-        if kv is not None:
-            self.rank, self.num_workers = kv.rank, kv.num_workers
-
-    def should_sync(self, progress: Progress, stats: RoundStats) -> bool:
-        """Whether the next step is a synchronisation rather than another local batch."""
-        return progress.k >= 1
+class Standalone(Strategy):
+    """Training on one device: an SGD step after every batch, nothing to synchronise."""
 
     def local_update(self, model: Model) -> None:
-        """Apply the gradients of the batch just computed to the local replica."""
-        sgd_step(model.params, model.grads, self.lr, 1.0 / self.batch_size)
+        aggregate.sgd_step(model.params, model.grads, self.lr, 1.0 / self.batch_size)
 
-    def synchronise(self, model: Model, stats: RoundStats, round_no: int, stop: bool) -> bool:
-        """End round ``round_no``; return True when every worker agrees to stop."""
+    def synchronise(self, model: Model, stats: RoundStats, stop: bool) -> bool:
         return stop
 
-    def begin_round(self, round_no: int, stats: RoundStats) -> None:
-        """Called just before the first batch of round ``round_no`` (after the records)."""
 
+class _Summing(Strategy):
+    """Base of the dist_sync modes: sum one array per weight over the workers, average the
+    BatchNorm statistics and vote on stopping, all in one push/pull."""
 
-class _SummingMode(Mode):
-    """Modes built on SumExchange: gradients or deltas, plus BatchNorm stats and a stop flag."""
-
-    kv_type = "dist_sync"
-    agrees_on_params = True
+    synchronous = True
 
     def setup(self, model: Model, kv: mx.kv.KVStore | None) -> None:
         super().setup(model, kv)
-        assert kv is not None, f"{self.name} needs a distributed KVStore"
+        assert kv is not None, f"{type(self).__name__} needs a distributed KVStore"
         self.stop_flag = mx.nd.zeros((1,), model.ctx)
         template = model.params + model.aux + [self.stop_flag]
-        self.exchange = SumExchange(kv, template)
+        self.sums = [mx.nd.zeros(a.shape, a.context, dtype=a.dtype) for a in template]
+        self.exchange = KVExchange(kv, template)
         self.exchange.init_and_pull(template)
 
-    def _exchange(
+    def sum_over_workers(
         self, model: Model, values: list[mx.nd.NDArray], stats: RoundStats, stop: bool
     ) -> tuple[list[mx.nd.NDArray], bool]:
-        """Sum ``values`` (one per weight) over workers; average the BatchNorm statistics."""
+        """Sums of ``values`` (one per weight) and the stop vote; BatchNorm stats averaged."""
         self.stop_flag[:] = 1.0 if stop else 0.0
-        sums = self.exchange(values + model.aux + [self.stop_flag], stats)
+        self.exchange(values + model.aux + [self.stop_flag], self.sums, stats)
         n = len(values)
-        for aux, total in zip(model.aux, sums[n:-1], strict=True):
-            aux[:] = total / self.num_workers
-        return sums[:n], sums[-1].asscalar() > 0
+        aggregate.average_into(model.aux, self.sums[n:-1], self.num_workers)
+        return self.sums[:n], aggregate.stop_vote(self.sums[-1].asscalar())
 
 
-class SyncMode(_SummingMode):
+class SSGD(_Summing):
     """SSGD: every iteration all workers push gradients and apply the same summed step."""
 
-    name = "sync"
-
-    def local_update(self, model: Model) -> None:
-        """Gradients wait for the synchronisation; the replica is not touched."""
-
-    def synchronise(self, model: Model, stats: RoundStats, round_no: int, stop: bool) -> bool:
+    def synchronise(self, model: Model, stats: RoundStats, stop: bool) -> bool:
         # As gluon.Trainer.step(batch_size) with dist_sync: the step is lr times the SUM over
         # workers of their mean gradients (the linear scaling rule for a p-times larger batch).
-        grad_sums, stop_all = self._exchange(model, model.grads, stats, stop)
-        sgd_step(model.params, grad_sums, self.lr, 1.0 / self.batch_size)
+        grad_sums, stop_all = self.sum_over_workers(model, model.grads, stats, stop)
+        aggregate.sgd_step(model.params, grad_sums, self.lr, 1.0 / self.batch_size)
         return stop_all
 
 
-class ESyncMode(_SummingMode):
+class ESync(_Summing):
     """ESync (paper Alg. 1): local SGD on a replica until the State Server says sync."""
-
-    name = "esync"
 
     def __init__(
         self, lr: float, batch_size: int, global_lr: float, client: StateClient, epsilon: float
@@ -190,6 +113,13 @@ class ESyncMode(_SummingMode):
         self.global_lr = global_lr
         self.client = client
         self.epsilon = epsilon
+
+    @classmethod
+    def from_args(cls, args: argparse.Namespace) -> ESync:
+        from trainer.state_client import StateClient
+
+        client = StateClient(f"http://{args.ip}:{args.port}", retry_for=args.state_retry)
+        return cls(args.local_lr, args.batch_size, args.global_lr, client, args.epsilon)
 
     def setup(self, model: Model, kv: mx.kv.KVStore | None) -> None:
         assert kv is not None
@@ -206,13 +136,16 @@ class ESyncMode(_SummingMode):
         stats.query_s += time.perf_counter() - started
         return action == "sync"
 
-    def synchronise(self, model: Model, stats: RoundStats, round_no: int, stop: bool) -> bool:
-        deltas = [w - g for w, g in zip(model.params, self.global_params, strict=True)]
-        delta_sums, stop_all = self._exchange(model, deltas, stats, stop)
-        scale = self.global_lr / self.num_workers
-        for w, g, total in zip(model.params, self.global_params, delta_sums, strict=True):
-            g += total * scale
-            g.copyto(w)
+    def local_update(self, model: Model) -> None:
+        aggregate.sgd_step(model.params, model.grads, self.lr, 1.0 / self.batch_size)
+
+    def synchronise(self, model: Model, stats: RoundStats, stop: bool) -> bool:
+        deltas = aggregate.deltas(model.params, self.global_params)
+        delta_sums, stop_all = self.sum_over_workers(model, deltas, stats, stop)
+        aggregate.esync_global_step(
+            self.global_params, delta_sums, self.global_lr, self.num_workers
+        )
+        aggregate.copy_into(model.params, self.global_params)
         mx.nd.waitall()
         return stop_all
 
@@ -223,40 +156,31 @@ class ESyncMode(_SummingMode):
         stats.query_s += time.perf_counter() - started
 
 
-class AsyncMode(Mode):
-    """ASGD: push gradients, the server applies SGD (or DC-ASGD) at once, pull the weights."""
+class ASGD(Strategy):
+    """ASGD: push gradients, the server applies SGD at once, pull the weights."""
 
-    name = "async"
-    kv_type = "dist_async"
-
-    def __init__(self, lr: float, batch_size: int, dcasgd: bool) -> None:
-        super().__init__(lr, batch_size)
-        self.dcasgd = dcasgd
+    def server_optimizer(self) -> mx.optimizer.Optimizer:
+        """The optimizer the parameter server runs on every push."""
+        return mx.optimizer.SGD(learning_rate=self.lr, rescale_grad=1.0 / self.batch_size)
 
     def setup(self, model: Model, kv: mx.kv.KVStore | None) -> None:
         super().setup(model, kv)
         assert kv is not None
-        self.kv = kv
-        self.keys = list(range(len(model.params)))
-        self.size = nbytes(model.params)
-        kv.init(self.keys, model.params)
+        self.exchange = KVExchange(kv, model.params)
+        kv.init(self.exchange.keys, model.params)
         if kv.rank == 0:  # one optimizer on the server, set once, before anyone pushes
-            kwargs = {"learning_rate": self.lr, "rescale_grad": 1.0 / self.batch_size}
-            optimizer = mx.optimizer.DCASGD(**kwargs) if self.dcasgd else mx.optimizer.SGD(**kwargs)
-            kv.set_optimizer(optimizer)
+            kv.set_optimizer(self.server_optimizer())
         kv._barrier()
-        kv.pull(self.keys, out=model.params)
+        kv.pull(self.exchange.keys, out=model.params)
         mx.nd.waitall()
 
-    def local_update(self, model: Model) -> None:
-        """The server applies the update."""
-
-    def synchronise(self, model: Model, stats: RoundStats, round_no: int, stop: bool) -> bool:
-        started = time.perf_counter()
-        self.kv.push(self.keys, model.grads)
-        self.kv.pull(self.keys, out=model.params)
-        mx.nd.waitall()
-        stats.comm_s += time.perf_counter() - started
-        stats.bytes_pushed += self.size
-        stats.bytes_pulled += self.size
+    def synchronise(self, model: Model, stats: RoundStats, stop: bool) -> bool:
+        self.exchange(model.grads, model.params, stats)
         return stop
+
+
+class DCASGD(ASGD):
+    """DC-ASGD: ASGD with MXNet's delay-compensated optimizer on the server."""
+
+    def server_optimizer(self) -> mx.optimizer.Optimizer:
+        return mx.optimizer.DCASGD(learning_rate=self.lr, rescale_grad=1.0 / self.batch_size)

@@ -6,9 +6,9 @@ import argparse
 
 import config
 from models import MODEL_NAMES
+from trainer import registry
+from trainer.layout import mode_dir_name
 from utils import DATASETS
-
-MODES = ("esync", "sync", "async", "local")
 
 
 def _positive_int(text: str) -> int:
@@ -66,13 +66,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="ESync worker / standalone trainer. With DMLC_ROLE=scheduler|server it runs "
         "the MXNet (ps-lite) scheduler or parameter server instead.",
     )
-    p.add_argument(
-        "-m",
-        "--mode",
-        choices=MODES,
-        default=config.MODE,
-        help="esync (paper Alg. 1), sync (SSGD), async (ASGD), local (one device)",
-    )
+    registry.add_mode_arguments(p, config.MODE)
     p.add_argument("-n", "--network", choices=MODEL_NAMES, default=config.NETWORK)
     p.add_argument("--dataset", choices=DATASETS, default=config.DATASET)
     p.add_argument(
@@ -108,14 +102,6 @@ def build_parser() -> argparse.ArgumentParser:
         help="esync: global step, w += gl * sum(delta) / p",
     )
     p.add_argument(
-        "-dcasgd",
-        "--dcasgd",
-        dest="dcasgd",
-        type=_flag01,
-        default=config.USE_DCASGD,
-        help="1: async mode runs MXNet's DC-ASGD optimizer on the server",
-    )
-    p.add_argument(
         "-s",
         "--split-by-class",
         dest="split_by_class",
@@ -128,9 +114,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "-e",
         "--eval-duration",
-        dest="eval_every",
+        dest="eval_every_rounds",
         type=_non_negative_int,
-        default=config.EVAL_DURATION,
+        default=config.EVAL_EVERY_ROUNDS,
         help="rank 0 evaluates every this many rounds (iterations for async/local); "
         "0: only by --eval-interval and at the end",
     )
@@ -189,15 +175,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--checksum-every",
         dest="checksum_every",
-        type=int,
-        default=1,
+        type=_non_negative_int,
+        default=config.CHECKSUM_EVERY_ROUNDS,
         help="log a CRC32 of the global parameters every N rounds (0: never)",
     )
     p.add_argument(
         "--connect-timeout",
         dest="connect_timeout",
         type=_positive_float,
-        default=120.0,
+        default=config.CONNECT_TIMEOUT_S,
         help="seconds to wait for the MXNet cluster to form",
     )
     p.add_argument(
@@ -216,12 +202,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     if args.local_lr is None:
         args.local_lr = args.lr
-    if args.dcasgd and args.mode != "async":
-        parser.error("-dcasgd 1 applies to -m async only")
+    registry.resolve_mode(parser, args)
     return args
 
 
-def mode_dir_name(args: argparse.Namespace) -> str:
-    """Run folder under <log_dir>/<network>/: esync, sync, async, dcasgd or local [+ -niid]."""
-    name = "dcasgd" if args.mode == "async" and args.dcasgd else args.mode
-    return name + ("-niid" if args.split_by_class else "")
+def run_dir_name(args: argparse.Namespace) -> str:
+    """The mode-dir of a parsed command line (trainer.layout)."""
+    return mode_dir_name(args.mode, bool(args.split_by_class))

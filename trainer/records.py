@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import time
 from dataclasses import asdict, dataclass, field
 from typing import IO, Any
@@ -34,14 +33,6 @@ class RoundStats:
         return {"round": round_no, "time": round(elapsed, 6), **body, **extra}
 
 
-def worker_dir(
-    log_dir: str, network: str, mode_dir: str, device: str, rank: int, host: str | None = None
-) -> str:
-    """``<log_dir>/<network>/<mode_dir>/<host>/<device>-rank<r>``."""
-    host = host or socket.gethostname()
-    return os.path.join(log_dir, network, mode_dir, host, f"{device}-rank{rank}")
-
-
 class RunLog:
     """Writes meta.json and appends flushed lines to rounds.jsonl."""
 
@@ -67,3 +58,29 @@ class RunLog:
 
     def close(self) -> None:
         self._rounds.close()
+
+
+class RecordTail:
+    """Reads the records appended to a rounds.jsonl since the last call (complete lines only)."""
+
+    def __init__(self, path: str | os.PathLike[str]) -> None:
+        self.path = path
+        self.offset = 0
+
+    def read_new(self) -> list[dict[str, Any]]:
+        """The records written since the previous call; a half-written last line waits."""
+        try:
+            with open(self.path, "rb") as fh:
+                fh.seek(self.offset)
+                chunk = fh.read()
+        except OSError:
+            return []
+        complete = chunk[: chunk.rfind(b"\n") + 1]
+        self.offset += len(complete)
+        records = []
+        for line in complete.splitlines():
+            try:
+                records.append(json.loads(line))
+            except ValueError:
+                continue
+        return records

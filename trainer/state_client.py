@@ -1,5 +1,10 @@
 """Client of the ESync State Server (``StateServer/``), used by the trainers once per batch.
 
+The protocol is the server's own: every message is built as a dataclass of
+:mod:`StateServer.messages` (``InitMsg``, ``ResetMsg``, ``ReportMsg``, ``QueryMsg``) and
+serialised with ``message_to_dict``; every answer is parsed with ``parse_response`` (query)
+or ``parse_ack`` (init, reset, report). A malformed answer raises :class:`StateServerError`.
+
 Fast path: one keep-alive ``http.client`` connection with TCP_NODELAY, each request sent in
 a single ``send()`` (headers and JSON body together), to the typed ``POST /msg/`` endpoint.
 Connection errors (and HTTP 503) are retried with exponential backoff for up to
@@ -15,8 +20,20 @@ import socket
 import threading
 import time
 from operator import index
-from typing import Any
 from urllib.parse import urlsplit
+
+from StateServer.messages import (
+    AckMsg,
+    InitMsg,
+    MessageError,
+    QueryMsg,
+    ReportMsg,
+    ResetMsg,
+    WorkerMsg,
+    message_to_dict,
+    parse_ack,
+    parse_response,
+)
 
 __all__ = ["StateClient", "StateServerError", "StateServerUnreachable"]
 
@@ -68,41 +85,27 @@ class StateClient:
 
     def init(self, num_workers: int, epsilon: float) -> None:
         """Start a new run on the server (forgets every record)."""
-        self._post_msg(
-            {"msg_type": "reset", "num_workers": index(num_workers), "epsilon": float(epsilon)}
-        )
+        self._ack(InitMsg(num_workers=index(num_workers), epsilon=float(epsilon)), "init")
 
     def query(self, rank: int, k: int, c: float, te: float) -> str:
         """Report progress and ask what to do next: ``"compute"`` or ``"sync"``."""
-        reply = self._post_msg(
-            {
-                "msg_type": "query",
-                "rank": index(rank),
-                "k": index(k),
-                "c": float(c),
-                "te": float(te),
-            }
-        )
-        action = reply.get("action")
-        if reply.get("msg_type") != "response" or action not in ("compute", "sync"):
-            raise StateServerError(f"{self.url}/msg/: unexpected answer to a query: {reply!r}")
-        return action
+        msg = QueryMsg(rank=index(rank), k=index(k), c=float(c), te=float(te))
+        reply = self._post_msg(msg)
+        try:
+            resp = parse_response(reply)
+        except MessageError as exc:
+            raise self._malformed("query", exc, reply) from None
+        if resp.rank != msg.rank:
+            raise self._malformed("query", f"answer for rank {resp.rank}, not {msg.rank}", reply)
+        return resp.action
 
     def report(self, rank: int, k: int, c: float, te: float) -> None:
         """Report progress (k local iterations, c seconds per batch, te last finish)."""
-        self._post_msg(
-            {
-                "msg_type": "report",
-                "rank": index(rank),
-                "k": index(k),
-                "c": float(c),
-                "te": float(te),
-            }
-        )
+        self._ack(ReportMsg(rank=index(rank), k=index(k), c=float(c), te=float(te)), "report")
 
     def reset(self, rank: int, t: int, te: float) -> None:
         """Tell the server that worker ``rank`` starts round ``t`` at Unix time ``te``."""
-        self._post_msg({"msg_type": "reset", "rank": index(rank), "t": index(t), "te": float(te)})
+        self._ack(ResetMsg(rank=index(rank), t=index(t), te=float(te)), "reset")
 
     def status(self) -> dict:
         """The server's status (``GET /status.json``)."""
@@ -125,8 +128,31 @@ class StateClient:
 
     # --- transport --------------------------------------------------------------------
 
-    def _post_msg(self, msg: dict[str, Any]) -> dict:
-        return self._request("POST", "/msg/", json.dumps(msg).encode(), self.retry_for)
+    def _post_msg(self, msg: WorkerMsg) -> dict:
+        """Send one worker message to ``POST /msg/``; the decoded JSON object of the answer."""
+        body = json.dumps(message_to_dict(msg)).encode()
+        return self._request("POST", "/msg/", body, self.retry_for)
+
+    def _ack(self, msg: InitMsg | ResetMsg | ReportMsg, kind: str) -> AckMsg:
+        """Send ``msg`` and check that the answer is the ack of a ``kind`` (for its rank)."""
+        reply = self._post_msg(msg)
+        try:
+            ack = parse_ack(reply, kind)
+        except MessageError as exc:
+            raise self._malformed(kind, exc, reply) from None
+        rank = getattr(msg, "rank", None)
+        if ack.rank != rank:
+            raise self._malformed(kind, f"ack for rank {ack.rank}, not {rank}", reply)
+        return ack
+
+    def _malformed(self, kind: str, problem: object, reply: dict) -> StateServerError:
+        """The error for a 2xx answer that is not the protocol's answer to a ``kind``."""
+        text = repr(reply)
+        if len(text) > 200:
+            text = text[:197] + "..."
+        return StateServerError(
+            f"POST {self.url}/msg/: malformed answer to {kind}: {problem} (answer: {text})"
+        )
 
     def _request(self, method: str, path: str, body: bytes | None, retry_for: float) -> dict:
         """One request with retries; returns the decoded JSON object of a 2xx answer."""

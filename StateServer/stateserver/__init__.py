@@ -1,5 +1,7 @@
-"""ESync State Server (paper Alg. 2): Django project plus Django-free core modules.
+"""The Django project that serves the State Server over HTTP.
 
-``messages``, ``state``, ``scheduler``, ``router`` and ``dispatcher`` are plain Python; only
-``settings``, ``urls``, ``views``, ``wsgi`` and ``fastserver`` need Django.
+``settings``, ``urls``, ``views``, ``apps``, ``wsgi``, ``fastserver`` and the ``runserver``
+command need Django; ``status_page`` and ``service`` do not. The Django-free core
+(``messages``, ``state``, ``scheduler``, ``router``, ``dispatcher``) is one level up, in
+the ``StateServer`` package.
 """

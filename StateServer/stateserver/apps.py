@@ -8,7 +8,8 @@ from django.core import signals
 class StateServerConfig(AppConfig):
     """The State Server app (no models)."""
 
-    name = "stateserver"
+    name = "StateServer.stateserver"
+    label = "stateserver"
     verbose_name = "ESync State Server"
 
     def ready(self) -> None:

@@ -1,4 +1,4 @@
-"""A low-latency server class for ``manage.py runserver``.
+"""A low-latency server class for ``python -m StateServer runserver``.
 
 Why: wsgiref (under Django's runserver) writes every response in five small ``send()``
 calls (status line, Date, Server, the other headers, the body) on a socket without
@@ -23,7 +23,7 @@ from typing import Any
 
 from django.core.servers.basehttp import ServerHandler, WSGIRequestHandler, WSGIServer
 
-from .messages import MAX_BODY_BYTES
+from ..messages import MAX_BODY_BYTES
 
 WRITE_BUFFER = 16 * 1024  # an API response fits easily: one send() per response
 MAX_REQUEST_LINE = 65536

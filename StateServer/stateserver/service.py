@@ -9,8 +9,8 @@ from __future__ import annotations
 import os
 import threading
 
-from .dispatcher import Dispatcher
-from .router import Router
+from ..dispatcher import Dispatcher
+from ..router import Router
 
 _lock = threading.Lock()
 _dispatcher: Dispatcher | None = None

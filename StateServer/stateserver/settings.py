@@ -19,7 +19,7 @@ from __future__ import annotations
 import os
 import secrets
 
-from stateserver.messages import MAX_BODY_BYTES
+from ..messages import MAX_BODY_BYTES
 
 
 def _flag(name: str) -> bool:
@@ -33,14 +33,14 @@ ALLOWED_HOSTS = [
 ]
 ESYNC_TOKEN = os.environ.get("ESYNC_TOKEN") or None
 
-INSTALLED_APPS = ["stateserver"]  # its management command overrides runserver
+INSTALLED_APPS = ["StateServer.stateserver"]  # its management command overrides runserver
 MIDDLEWARE = [
     "django.middleware.security.SecurityMiddleware",
     "django.middleware.csrf.CsrfViewMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
 ]
-ROOT_URLCONF = "stateserver.urls"
-WSGI_APPLICATION = "stateserver.wsgi.application"
+ROOT_URLCONF = "StateServer.stateserver.urls"
+WSGI_APPLICATION = "StateServer.stateserver.wsgi.application"
 DATABASES: dict[str, dict[str, str]] = {}  # in-memory state only
 TEMPLATES: list[dict[str, object]] = []
 USE_I18N = False
@@ -56,7 +56,7 @@ FILE_UPLOAD_MAX_MEMORY_SIZE = MAX_BODY_BYTES
 FILE_UPLOAD_HANDLERS = ["django.core.files.uploadhandler.MemoryFileUploadHandler"]
 
 # Security headers and cookies (see docs/state-server.md, "check --deploy").
-CSRF_FAILURE_VIEW = "stateserver.views.csrf_failure"
+CSRF_FAILURE_VIEW = "StateServer.stateserver.views.csrf_failure"
 CSRF_COOKIE_SECURE = True  # no view sets a CSRF cookie; if one ever does, HTTPS only
 SESSION_COOKIE_SECURE = True
 X_FRAME_OPTIONS = "DENY"
@@ -84,6 +84,6 @@ LOGGING = {
             "level": "INFO" if _flag("ESYNC_ACCESS_LOG") else "WARNING",
         },
         "django.request": {"handlers": ["console"], "level": "ERROR", "propagate": False},
-        "stateserver": {"handlers": ["console"], "level": "INFO", "propagate": False},
+        "StateServer": {"handlers": ["console"], "level": "INFO", "propagate": False},
     },
 }

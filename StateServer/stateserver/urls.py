@@ -14,7 +14,7 @@ urlpatterns = [
     re_path(r"^status/?$", views.status_view, name="status"),
 ]
 
-handler400 = "stateserver.views.bad_request"
-handler403 = "stateserver.views.permission_denied"
-handler404 = "stateserver.views.not_found"
-handler500 = "stateserver.views.server_error"
+handler400 = "StateServer.stateserver.views.bad_request"
+handler403 = "StateServer.stateserver.views.permission_denied"
+handler404 = "StateServer.stateserver.views.not_found"
+handler500 = "StateServer.stateserver.views.server_error"

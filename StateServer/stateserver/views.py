@@ -16,14 +16,14 @@ from django.conf import settings
 from django.http import HttpRequest, HttpResponse
 from django.views.decorators.csrf import csrf_exempt
 
-from .dispatcher import OverloadedError
-from .messages import MAX_BODY_BYTES, MessageError, decode_json, parse_fields, parse_message
-from .router import SnapshotMsg
-from .scheduler import SYNC, SchedulerError
+from ..dispatcher import OverloadedError
+from ..messages import MAX_BODY_BYTES, MessageError, decode_json, parse_fields, parse_message
+from ..router import SnapshotMsg
+from ..scheduler import SYNC, SchedulerError
 from .service import get_dispatcher
 from .status_page import render_status_html
 
-log = logging.getLogger("stateserver")
+log = logging.getLogger(__name__)
 View = Callable[..., HttpResponse]
 READ_METHODS = ("GET", "HEAD")
 

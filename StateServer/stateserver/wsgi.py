@@ -1,9 +1,9 @@
-"""WSGI entry point (gunicorn: ``stateserver.wsgi:application``)."""
+"""WSGI entry point (gunicorn: ``StateServer.stateserver.wsgi:application``)."""
 
 import os
 
 from django.core.wsgi import get_wsgi_application
 
-os.environ.setdefault("DJANGO_SETTINGS_MODULE", "stateserver.settings")
+os.environ.setdefault("DJANGO_SETTINGS_MODULE", "StateServer.stateserver.settings")
 
 application = get_wsgi_application()

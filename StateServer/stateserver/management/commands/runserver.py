@@ -9,7 +9,7 @@ import os
 from django.core.management.commands.runserver import Command as DjangoRunserver
 from django.core.servers.basehttp import WSGIServer
 
-from stateserver.fastserver import FastWSGIServer
+from ...fastserver import FastWSGIServer
 
 
 class Command(DjangoRunserver):

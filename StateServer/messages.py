@@ -6,7 +6,14 @@ Every message is a JSON object with a ``msg_type``:
 * ``reset`` with ``rank``, ``t``, ``te``: worker ``rank`` starts round ``t`` at time ``te``;
 * ``report`` with ``rank``, ``k``, ``c``, ``te``: progress of a worker, no answer wanted;
 * ``query`` with the same fields as ``report``: progress plus "what do I do next?";
-* ``response`` (server to worker only): ``rank``, ``round``, ``action`` (compute | sync).
+* ``response`` (server to worker only): ``rank``, ``round``, ``action`` (compute | sync);
+* ``ack`` (server to worker only): ``of`` (init | reset | report), ``round``, and ``rank``
+  unless it acknowledges an init.
+
+Both sides use this module: the server parses with :func:`parse_message` / :func:`parse_fields`
+and answers with :class:`ResponseMsg` / :class:`AckMsg`; the client
+(``trainer/state_client.py``) builds the worker messages, serialises them with
+:func:`message_to_dict` and parses the answers with :func:`parse_response` / :func:`parse_ack`.
 
 Parsing never trusts its input: wrong types, NaN/inf, negative or absurd numbers, unknown or
 missing fields all raise :class:`MessageError` with a message naming the offending field.
@@ -19,7 +26,7 @@ import json
 import math
 import re
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass, fields
 from typing import Any
 
 MAX_BODY_BYTES = 64 * 1024  # larger request bodies are refused (HTTP 413)
@@ -28,6 +35,7 @@ MAX_INT = 2**53  # JSON-safe integer bound for rounds and iteration counters
 MAX_SECONDS = 1e6  # capability c and epsilon: more than 11 days per batch is absurd
 MAX_UNIX_TIME = 1e11  # te: year ~5000
 ACTIONS = ("compute", "sync")
+ACKED = ("init", "reset", "report")  # the messages the server acknowledges
 
 
 class MessageError(ValueError):
@@ -232,16 +240,49 @@ def parse_fields(kind: str, fields: Mapping[str, object]) -> WorkerMsg:
     return _build(kind, fields, lenient=True)
 
 
+def _check_reply_type(obj: object, msg_type: str) -> dict[str, Any]:
+    """``obj`` as a JSON object whose ``msg_type`` is ``msg_type``."""
+    article = "an" if msg_type[0] in "aeiou" else "a"
+    if not isinstance(obj, dict):
+        raise MessageError(f"expected {article} {msg_type} message, got {_show_obj(obj)}")
+    if obj.get("msg_type") != msg_type:
+        got = obj.get("msg_type")
+        what = "no msg_type" if got is None else f"msg_type {_show(got)}"
+        raise MessageError(f"expected {article} {msg_type} message, got an object with {what}")
+    return obj
+
+
 def parse_response(obj: object) -> ResponseMsg:
     """Parse the server's answer to a query (used by the client)."""
-    if not isinstance(obj, dict) or obj.get("msg_type") != "response":
-        raise MessageError(f"expected a response message, got {_show_obj(obj)}")
+    obj = _check_reply_type(obj, "response")
     action = obj.get("action")
     if action not in ACTIONS:
         raise MessageError(f"response: action must be compute or sync, got {_show(action)}")
     rank = _as_int("rank", obj.get("rank"), 0, MAX_NUM_WORKERS - 1, False)
     rnd = _as_int("round", obj.get("round"), 0, MAX_INT, False)
     return ResponseMsg(rank=rank, round=rnd, action=action)
+
+
+def parse_ack(obj: object, of: str | None = None) -> AckMsg:
+    """Parse the server's answer to an init, reset or report (used by the client).
+
+    ``of``, when given, is the message kind the ack must acknowledge. An ack of ``reset`` or
+    ``report`` carries the worker's rank; an ack of ``init`` has none.
+    """
+    obj = _check_reply_type(obj, "ack")
+    kind = obj.get("of")
+    if kind not in ACKED:
+        raise MessageError(f"ack: 'of' must be init, reset or report, got {_show(kind)}")
+    if of is not None and kind != of:
+        raise MessageError(f"ack: expected an ack of {of}, got an ack of {kind}")
+    rnd = _as_int("round", obj.get("round"), 0, MAX_INT, False)
+    rank = obj.get("rank")
+    if kind == "init":
+        if rank is not None:
+            raise MessageError(f"ack of init: unexpected field 'rank' ({_show(rank)})")
+    else:
+        rank = _as_int("rank", rank, 0, MAX_NUM_WORKERS - 1, False)
+    return AckMsg(of=kind, round=rnd, rank=rank)
 
 
 def _reject_constant(name: str) -> float:
@@ -287,7 +328,23 @@ def _show_obj(obj: object) -> str:
     return _show(obj) if not isinstance(obj, dict | list) else _json_type(obj)
 
 
+_WIRE_FIELDS: dict[type, tuple[str, ...]] = {
+    cls: tuple(f.name for f in fields(cls) if f.name != "msg_type")
+    for cls in (InitMsg, ResetMsg, ReportMsg, QueryMsg)
+}
+
+
 def message_to_dict(msg: WorkerMsg) -> dict[str, Any]:
-    """Wire form of a worker message (what the client sends to ``/msg/``)."""
-    out = asdict(msg)
-    return {"msg_type": out.pop("msg_type"), **out}
+    """Wire form of a worker message (what the client sends to ``/msg/``), ``msg_type`` first.
+
+    :func:`parse_message` of the result gives ``msg`` back. Plain attribute reads (no
+    ``dataclasses.asdict``): the client calls this once per batch.
+    """
+    try:
+        names = _WIRE_FIELDS[type(msg)]
+    except KeyError:
+        raise TypeError(f"not a worker message: {type(msg).__name__}") from None
+    out: dict[str, Any] = {"msg_type": msg.msg_type}
+    for name in names:
+        out[name] = getattr(msg, name)
+    return out

@@ -1,6 +1,6 @@
 """The state database: the paper's table of worker records, in memory.
 
-Only the dispatcher thread touches it (see :mod:`stateserver.dispatcher`), so it has no locks.
+Only the dispatcher thread touches it (see :mod:`StateServer.dispatcher`), so it has no locks.
 """
 
 from __future__ import annotations
@@ -22,11 +22,6 @@ class WorkerRecord:
     te: float = 0.0  # Unix time the worker last finished an iteration (or started the round)
     ready: bool = False  # told to synchronise in this round
     last_seen: float = 0.0  # server time of the last message from this worker
-
-    @property
-    def capability_known(self) -> bool:
-        """True once the worker has reported a measured time per batch."""
-        return self.c > 0.0
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready view of the record."""

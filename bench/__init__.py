@@ -1,0 +1,1 @@
+"""Benchmarks and profiles, run from the repo root as modules (``python -m bench.<name>``)."""
