@@ -13,7 +13,7 @@ NETWORK ?= lenet
 MAX_TIME ?= 45
 LOG_DIR ?= logs
 
-.PHONY: run test lint bench-state-server reproduce clean
+.PHONY: run test lint bench-state-server reproduce faults clean data mutants
 
 $(STAMP): requirements.txt
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info[:2] == (3, 11) else "Python 3.11 is required (set PYTHON=/path/to/python3.11)")'
@@ -23,7 +23,8 @@ $(STAMP): requirements.txt
 
 run: $(STAMP)
 	$(PY) launch.py --compare esync,sync,local -w $(WORKERS) --slowdowns $(SLOWDOWNS) \
-		-n $(NETWORK) --max-time $(MAX_TIME) --rounds 100000 -e 0 --eval-interval 0.5 -ld $(LOG_DIR)
+		-n $(NETWORK) --max-time $(MAX_TIME) --rounds 100000 -e 0 --eval-interval 0.5 -ld $(LOG_DIR) \
+		--checkpoint-every 10 --max-restarts 2
 
 test: $(STAMP)
 	$(PY) -m pytest -q
@@ -31,6 +32,17 @@ test: $(STAMP)
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
+
+# Downloads Fashion-MNIST and CIFAR-10 into data/ and verifies their published MD5s (the only
+# target that needs the network; see data/README.md).
+data: $(STAMP)
+	$(PY) -m data.fetch fashion-mnist
+	$(PY) -m data.fetch cifar10
+
+# Mutation check (tests/mutants.py, a few minutes): break the update maths, Alg. 2 and the
+# transport one mutant at a time in a scratch copy; the named tests must fail on each.
+mutants: $(STAMP)
+	$(PY) tests/mutants.py
 
 bench-state-server: $(STAMP)
 	$(PY) -m bench.bench_state_server
@@ -42,6 +54,10 @@ COMPARE_FLAGS = -w $(WORKERS) --slowdowns $(SLOWDOWNS) -n $(NETWORK) --max-time 
 reproduce: $(STAMP)
 	$(PY) launch.py --compare esync,sync,async,dcasgd,local $(COMPARE_FLAGS)
 	$(PY) launch.py --compare esync,sync,async,dcasgd $(COMPARE_FLAGS) -s 1
+
+# Kills random processes of a running default cluster and measures the recovery (docs/faults.md).
+faults: $(STAMP)
+	$(PY) -m bench.faults
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache

@@ -26,6 +26,21 @@ MAX_TIME = 0.0  # seconds; 0 means no time limit
 EVAL_EVERY_ROUNDS = 10  # -e/--eval-duration: evaluate every this many rounds (0: off)
 EVAL_INTERVAL = 0.0  # --eval-interval: also evaluate every this many seconds (0: off)
 CHECKSUM_EVERY_ROUNDS = 1  # --checksum-every: CRC32 of the global parameters (0: never)
+CHECKPOINT_EVERY_ROUNDS = 20  # --checkpoint-every: write a checkpoint every N rounds (0: never)
+CHECKPOINTS_KEPT = 3  # the newest checkpoints kept; older ones are deleted
+
+# --- algorithms -----------------------------------------------------------------------
+STATE_PROTOCOL = "blocking"  # --state-protocol: blocking (Alg. 2 as written) | nonblocking
+FILL_LAST_BATCH = 0  # --fill-last-batch 1: a smaller last batch instead of idling (esync)
+FILL_MIN_SAMPLES = 8  # the smallest last batch: max(this, batch / 8) samples, else idle
+LOCAL_STEPS = 10  # --local-steps E of fedavg / fedasync
+FEDASYNC_ALPHA = 0.6  # --alpha of fedasync (Xie et al. 2019)
+FEDASYNC_STALENESS = "polynomial"  # --staleness: constant | polynomial | hinge
+FEDASYNC_STALENESS_A = 0.5  # --staleness-a
+FEDASYNC_STALENESS_B = 4.0  # --staleness-b (hinge)
+PROX_MU = None  # --mu of FedProx's proximal term; None: the mode's own default below
+FEDAVG_MU = 0.0  # fedavg without --mu is plain FedAvg (--mu > 0 makes it FedProx)
+ESYNC_PROX_MU = 0.01  # esync-prox without --mu
 
 # --- paths ----------------------------------------------------------------------------
 ROOT = os.path.dirname(os.path.abspath(__file__))
@@ -40,9 +55,11 @@ NUM_THREADS = 1  # OMP / MKL threads per worker process
 
 # --- emulated heterogeneity -----------------------------------------------------------
 SLOWDOWN = 1.0  # a worker waits (S - 1) x its measured compute time after each batch
+JITTER = 0.0  # --jitter: sigma of the log-normal factor on each emulated wait (0: none)
 
 # --- MXNet cluster --------------------------------------------------------------------
 CONNECT_TIMEOUT_S = 120.0  # --connect-timeout: a worker gives up joining the cluster
+FAILURE_TIMEOUT_S = 30.0  # --failure-timeout: every process exits this long after a node died
 
 # --- state server ---------------------------------------------------------------------
 STATE_SERVER_IP = "127.0.0.1"
@@ -51,14 +68,35 @@ EPSILON = 0.0  # Alg. 2 slack in seconds, c_asker + epsilon > rest of the slowes
 STATE_SERVER_RETRY_S = 60.0  # how long a worker retries an unreachable State Server
 STATE_SERVER_KIND = "runserver"  # launch.py --state-server: runserver | gunicorn
 STATE_SERVER_START_S = 60.0  # how long launch.py waits for its State Server to answer
+STATE_SERVER_MAX_RESTARTS = 3  # launch.py restarts a State Server that dies this often per run
 
 # --- launch.py ------------------------------------------------------------------------
 WORKERS = 4  # -w
 SLOWDOWNS = "1"  # --slowdowns: one factor for every worker, or one per worker
 LAUNCH_MODE = "esync"  # -m of launch.py
+LAUNCH_DASHBOARD = 1  # --dashboard: a State Server with a live dashboard for every mode
+DASHBOARD_LINGER_S = 0.0  # --dashboard-linger: seconds the dashboard stays up after a mode
+MAX_RESTARTS = 0  # --max-restarts: whole-cluster restarts from the newest checkpoint
 RUN_TIMEOUT_S = 0.0  # --timeout: fail a mode that runs longer (0: no limit)
 PS_EXIT_GRACE_S = 30.0  # after the workers finish, the scheduler/server must exit within this
 STOP_GRACE_S = 5.0  # SIGTERM, then SIGKILL after this many seconds
 
+COMPARE_SECONDS = 45.0  # --compare without budget flags: training time of every mode
+COMPARE_ROUNDS = 1_000_000  # ... and a round limit that never ends a run first
+COMPARE_EVAL_INTERVAL_S = 0.5  # ... and time-based evaluation
+
 # --- reports --------------------------------------------------------------------------
 TARGET_ACCURACY = 0.9  # --target: accuracy of the time-to-accuracy comparisons
+
+# --- progress reports and the dashboard (StateServer/progress.py, trainer/progress.py) -----
+PROGRESS_MAX_POINTS = 240  # points kept per curve / sparkline (older ones averaged in pairs)
+PROGRESS_MAX_WORKERS = 256  # workers per run the dashboard tracks (a larger num_workers: 400)
+PROGRESS_MAX_RUNS = 8  # runs kept; the least recently updated one is forgotten first
+PROGRESS_MAX_BODY_BYTES = 64 * 1024  # larger progress messages are refused (413)
+PROGRESS_MAX_RECORDS = 50  # rounds per progress message (a worker batches what piled up)
+PROGRESS_STALE_S = 30.0  # a running worker (or run) silent this long is shown as STALE
+PROGRESS_QUEUE = 1000  # reports a worker holds while the server is unreachable (oldest dropped)
+PROGRESS_MIN_INTERVAL_S = 0.25  # a worker posts at most this often; rounds in between are batched
+PROGRESS_TIMEOUT_S = 5.0  # socket time-out of one progress request
+PROGRESS_CLOSE_TIMEOUT_S = 2.0  # finish()/close(): how long the last reports may take to leave
+DASHBOARD_REFRESH_S = 2  # /dashboard/ reloads itself this often (seconds)

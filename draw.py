@@ -343,6 +343,32 @@ def speedup_markdown(table: dict[str, dict[str, Any]], network: str, target: flo
     return "\n".join(lines) + "\n"
 
 
+def _schedule_changes(summary: Summary) -> list[float]:
+    """The moments (s) at which any worker's emulated slowdown changes."""
+    return sorted({t for w in summary["workers"] for t, _ in w.get("slowdown_schedule", [])[1:]})
+
+
+def plot_local_iterations(summary: Summary, path: Path) -> str:
+    """Local iterations per round of every worker against time, schedule changes marked."""
+    fig, ax = plt.subplots(figsize=(WIDTH_IN, 4.2))
+    for w in sorted(summary["workers"], key=lambda w: str(w.get("slowdown_schedule"))):
+        if not w.get("timeline"):
+            continue
+        times, iterations, _ = zip(*w["timeline"], strict=True)
+        steps = "/".join(f"{f:g}@{t:g}" if t else f"{f:g}" for t, f in w["slowdown_schedule"])
+        ax.plot(times, iterations, marker=".", linewidth=1.2, label=f"rank {w['rank']}: S={steps}")
+    for moment in _schedule_changes(summary):
+        ax.axvline(moment, color="black", linestyle="--", linewidth=1, alpha=0.6)
+    ax.set_title(_title({"x": summary}, f"{label(summary['mode'])}: local steps per round"))
+    ax.set_xlabel("wall-clock time since start (s); dashed: a device changes speed")
+    ax.set_ylabel("local iterations in the round")
+    ax.set_yscale("log")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    return _save(fig, path)
+
+
 def draw_all(
     base: str, network: str, target: float = config.TARGET_ACCURACY, outdir: str | None = None
 ) -> list[str]:
@@ -362,6 +388,9 @@ def draw_all(
         plot_traffic(summaries, out / "traffic.png"),
         plot_compute_ratio(summaries, out / "compute_ratio.png"),
     ]
+    reference = summaries.get(registry.REFERENCE)
+    if reference is not None and _schedule_changes(reference):
+        written.append(plot_local_iterations(reference, out / "local_iterations.png"))
     speedup = out / "speedup.md"
     speedup.write_text(
         speedup_markdown(speedup_table(summaries, target), network, target), encoding="utf-8"

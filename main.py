@@ -30,6 +30,25 @@ def _threads_flag(argv: list[str] | None) -> int:
     return max(1, known.threads)
 
 
+def _failure_timeout_flag(argv: list[str] | None) -> float:
+    """--failure-timeout of a scheduler or server: the one flag these roles read (the slides
+    pass the workers' command line to every role; launch.py passes none: the default)."""
+    import argparse
+
+    import config
+
+    def seconds(text: str) -> float:
+        value = float(text)
+        if not 0.0 < value < float("inf"):
+            raise argparse.ArgumentTypeError(f"must be a finite number > 0, got {text}")
+        return value
+
+    pre = argparse.ArgumentParser(prog="main.py", add_help=False)
+    pre.add_argument("--failure-timeout", type=seconds, default=config.FAILURE_TIMEOUT_S)
+    known, _ = pre.parse_known_args(argv)
+    return known.failure_timeout
+
+
 def main(argv: list[str] | None = None) -> int:
     """Dispatch on DMLC_ROLE; returns the exit code."""
     from trainer.cluster import ClusterConfigError, dmlc_role
@@ -40,13 +59,14 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     if role in ("scheduler", "server"):
-        # ``import mxnet`` runs these roles, so check the environment before anything imports it;
-        # worker flags that the slides also pass to these roles are ignored.
+        # ``import mxnet`` would run these roles, so check the environment before anything
+        # imports it; of the worker flags the slides also pass to them, only
+        # --failure-timeout is read (trainer/cluster.py, trainer/watchdog.py).
         _limit_threads(1)
         try:
             from trainer.cluster import run_scheduler_or_server
 
-            run_scheduler_or_server(role)
+            return run_scheduler_or_server(role, _failure_timeout_flag(argv))
         except ClusterConfigError as exc:
             print(f"error: {exc}", file=sys.stderr)
             return 2
@@ -55,6 +75,8 @@ def main(argv: list[str] | None = None) -> int:
     from trainer.options import parse_args
 
     args = parse_args(argv)
+    if args.evaluate:
+        return _train(args, distributed=False)
     distributed = registry.get(args.mode).distributed
     if role is None and distributed:
         print(
@@ -66,14 +88,24 @@ def main(argv: list[str] | None = None) -> int:
     if role == "worker" and not distributed:
         print(f"error: -m {args.mode} is standalone; unset DMLC_ROLE", file=sys.stderr)
         return 2
+    if distributed:
+        from trainer.watchdog import configure_worker
+
+        configure_worker(args)  # ps-lite heartbeats on, before the KVStore starts ps-lite
+    return _train(args, distributed)
+
+
+def _train(args, distributed: bool) -> int:
+    """Train (or ``--evaluate``); errors become exit codes with one clear message."""
+    from trainer.checkpoint import CheckpointError
     from trainer.cluster import ClusterConfigError as ConfigError
-    from trainer.loop import run
+    from trainer.loop import evaluate_saved, run
     from trainer.state_client import StateServerError
     from utils import DatasetError
 
     try:
-        return run(args, distributed=distributed)
-    except (DatasetError, ConfigError) as exc:
+        return evaluate_saved(args) if args.evaluate else run(args, distributed=distributed)
+    except (DatasetError, ConfigError, CheckpointError) as exc:
         return _fail(f"error: {exc}", 2, distributed)
     except StateServerError as exc:
         return _fail(f"error: State Server: {exc}", 4, distributed)

@@ -42,6 +42,7 @@ from summary import (
     load_all,
     load_summary,
     ratio,
+    rebalance_rounds,
     run_tool,
     time_to_target,
     tool_parser,
@@ -57,6 +58,7 @@ FIGURES = (
     "throughput.png",
     "traffic.png",
     "compute_ratio.png",
+    "local_iterations.png",
 )
 
 
@@ -141,7 +143,14 @@ def build_report(
                 "esync_mode": reference,
                 **compare(rows[reference], rows[mode], speed["esync_speedup"]),
             }
-    return {"network": network, "target": target, "modes": rows, "esync_vs": versus}
+    rebalance = {m: rebalance_rounds(s) for m, s in summaries.items() if rebalance_rounds(s)}
+    return {
+        "network": network,
+        "target": target,
+        "modes": rows,
+        "esync_vs": versus,
+        "rebalance": rebalance,
+    }
 
 
 def _mode_table(rows: dict[str, dict[str, Any]], target: float) -> list[str]:
@@ -185,6 +194,24 @@ def _versus_table(versus: dict[str, dict[str, Any]]) -> list[str]:
     return lines
 
 
+def _rebalance_lines(rebalance: dict[str, list[dict[str, Any]]]) -> list[str]:
+    """The re-balancing table, when a device changed speed during the run."""
+    if not rebalance:
+        return []
+    lines = [
+        "## Devices that changed speed",
+        "",
+        "rounds until every worker at least 2x faster than another does more local iterations"
+        " per round than it (1 = at once; '-' = never within the run)",
+        "",
+        "| mode | change at (s) | rounds to re-balance |",
+        "|---|---:|---:|",
+    ]
+    for mode, changes in rebalance.items():
+        lines += [f"| {mode} | {c['at_s']:g} | {cell(c['rounds'], 'd')} |" for c in changes]
+    return [*lines, ""]
+
+
 def render_markdown(report: dict[str, Any], folder: Path) -> str:
     """report.md text; embeds the figures of ``FIGURES`` that exist in ``folder``."""
     lines = [
@@ -205,6 +232,7 @@ def render_markdown(report: dict[str, Any], folder: Path) -> str:
         "",
         *_versus_table(report["esync_vs"]),
         "",
+        *_rebalance_lines(report.get("rebalance", {})),
         "## Figures",
         "",
     ]

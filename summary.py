@@ -21,6 +21,9 @@ Per worker, over its records (one record per round):
 * ``samples_per_s`` = sum(``samples``) / wall_s
 * ``bytes_per_s`` = sum(``bytes_pushed`` + ``bytes_pulled``) / wall_s
 * ``compute_time_ratio`` = sum(``compute_s``) / wall_s
+* ``slowdown_schedule`` = meta.json's ``[[from_s, factor], ...]`` (``[[0, slowdown]]`` for old logs)
+* ``timeline`` = ``[time, local_iterations, slowdown]`` of every record (the slowdown in force
+  at the end of the round; meta.json's initial slowdown where a record has none)
 
 Cluster:
 
@@ -147,6 +150,11 @@ def worker_stats(meta: dict[str, Any], records: list[Record]) -> dict[str, Any]:
         "samples_per_s": _rate(samples, wall),
         "bytes_per_s": _rate(nbytes, wall),
         "compute_time_ratio": _rate(compute, wall),
+        "slowdown_schedule": meta.get("slowdown_schedule", [[0.0, meta.get("slowdown")]]),
+        "timeline": [
+            [r["time"], r.get("local_iterations", 1), r.get("slowdown", meta.get("slowdown"))]
+            for r in records
+        ],
     }
 
 
@@ -160,6 +168,42 @@ def plateau_accuracy(accuracy: Sequence[Sequence[float]]) -> float | None:
     since = (1.0 - PLATEAU_SHARE) * accuracy[-1][0]
     tail = [acc for t, acc in accuracy if t >= since]
     return sum(tail) / len(tail)
+
+
+REBALANCE_FACTOR = 2.0  # workers this many times apart in speed count for re-balancing
+
+
+def rebalance_rounds(summary: dict[str, Any]) -> list[dict[str, Any]]:
+    """After each moment a device changes speed: how many rounds until the local iterations
+    follow the new speeds again.
+
+    A round is balanced when, for every two workers whose slowdowns (then in force) differ by
+    ``REBALANCE_FACTOR`` or more, the faster one did more local iterations in it. Rounds are
+    counted on rank 0's timeline from the first round ending after the change (1: balanced at
+    once); None when no balanced round follows.
+    """
+    workers = [w for w in summary["workers"] if w.get("timeline")]
+    moments = sorted({t for w in workers for t, _ in w.get("slowdown_schedule", [])[1:]})
+    if not workers or not moments:
+        return []
+    rounds = len(min(workers, key=lambda w: len(w["timeline"]))["timeline"])
+    found = []
+    for moment in moments:
+        after = [i for i in range(rounds) if workers[0]["timeline"][i][0] > moment]
+        balanced = next((i for i in after if _balanced(workers, i)), None)
+        count = None if balanced is None else balanced - after[0] + 1
+        found.append({"at_s": moment, "rounds": count})
+    return found
+
+
+def _balanced(workers: list[dict[str, Any]], i: int) -> bool:
+    rows = [(w["timeline"][i][2], w["timeline"][i][1]) for w in workers]  # (slowdown, k)
+    return all(
+        k_fast > k_slow
+        for s_fast, k_fast in rows
+        for s_slow, k_slow in rows
+        if s_slow >= REBALANCE_FACTOR * s_fast
+    )
 
 
 def time_to_target(accuracy: Sequence[Sequence[float]], target: float) -> float | None:

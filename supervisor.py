@@ -1,18 +1,21 @@
 """Process supervision shared by launch.py, the benchmarks and the tests.
 
 One place for: the child-process environment, free ports, starting a process in its own
-session with its output in a log file, stopping whole process groups (TERM, then KILL),
-waiting for an HTTP server, and the State Server's command line.
+session with its output in a log file (optionally also echoed, line by line, to this terminal),
+restarting one in place, stopping whole process groups (TERM, then KILL), waiting for an HTTP
+server, and the State Server's command line.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -29,6 +32,8 @@ PYTHON = sys.executable
 THREAD_VARS = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
 STATE_SERVER_KINDS = ("runserver", "gunicorn")
 CLUSTER_VARS = ("DMLC_", "PS_", "ESYNC_")  # what a test's children must not inherit
+_RANK_RE = re.compile(r"\[worker (\d+)/")  # how a worker names its rank in its output
+_ECHO_LOCK = threading.Lock()  # one echoed line at a time on this terminal
 
 
 class LaunchError(Exception):
@@ -76,6 +81,12 @@ class Proc:
     log_path: str
     log_file: IO[bytes]
     role: str  # state-server | scheduler | server | worker | local | anything a test names
+    cmd: list[str] = field(default_factory=list)  # what started it (Cluster.restart reruns it)
+    env: dict[str, str] = field(default_factory=dict)
+    cwd: str = ROOT
+    restarts: int = 0  # times Cluster.restart started it again
+    echo: Callable[[str], str] | None = None  # see Cluster.start
+    pump: threading.Thread | None = None  # copies an echoed process's output
 
     @property
     def pid(self) -> int:
@@ -86,6 +97,8 @@ class Proc:
 
     def tail(self, lines: int = 15) -> str:
         """The last lines of this process's output."""
+        if self.pump is not None and self.poll() is not None:
+            self.pump.join(2.0)  # the lines an echoed process wrote just before it ended
         if not self.log_file.closed:
             self.log_file.flush()
         try:
@@ -99,8 +112,9 @@ class Proc:
         tail = self.tail()
         rank = ""
         for line in tail.splitlines():
-            if line.startswith("[worker ") and "/" in line:
-                rank = f" (rank {line.split()[1].split('/')[0]})"
+            match = _RANK_RE.search(line)
+            if match:
+                rank = f" (rank {match.group(1)})"
         return (
             f"{self.name}{rank}, pid {self.pid}, exited with code {self.popen.returncode}; "
             f"last output from {self.log_path}:\n{tail}"
@@ -120,23 +134,88 @@ class Cluster:
     env_extra: dict[str, str] = field(default_factory=dict)
 
     def start(
-        self, name: str, role: str, cmd: list[str], env: dict[str, str], cwd: str = ROOT
+        self,
+        name: str,
+        role: str,
+        cmd: list[str],
+        env: dict[str, str],
+        cwd: str = ROOT,
+        echo: Callable[[str], str] | None = None,
     ) -> Proc:
-        """Start ``cmd`` in its own session, its output in ``<proc_dir>/<name>.log``."""
+        """Start ``cmd`` in its own session, its output in ``<proc_dir>/<name>.log``.
+
+        With ``echo``, each output line goes through ``echo`` (e.g. a prefix naming the host)
+        and then both to the log file and to this process's stdout (launch.py's remote
+        processes: their ssh clients are supervised here like any local process).
+        """
         os.makedirs(self.proc_dir, exist_ok=True)
         path = os.path.join(self.proc_dir, f"{name}.log")
         log_file = open(path, "wb")
+        env = {**env, **self.env_extra}
+        popen, pump = self._spawn(cmd, env, cwd, log_file, echo)
+        proc = Proc(name, popen, path, log_file, role, list(cmd), env, cwd, echo=echo, pump=pump)
+        self.procs.append(proc)
+        self._write_pids()
+        return proc
+
+    @staticmethod
+    def _spawn(
+        cmd: list[str],
+        env: dict[str, str],
+        cwd: str,
+        log: IO[bytes],
+        echo: Callable[[str], str] | None,
+    ) -> tuple[subprocess.Popen, threading.Thread | None]:
+        """Start ``cmd``; with ``echo``, its output goes to a pipe and a thread copies it."""
         popen = subprocess.Popen(
             cmd,
             cwd=cwd,
-            env={**env, **self.env_extra},
-            stdout=log_file,
+            env=env,
+            stdout=subprocess.PIPE if echo else log,
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
             start_new_session=True,
         )
-        proc = Proc(name, popen, path, log_file, role)
-        self.procs.append(proc)
+        if echo is None:
+            return popen, None
+        pump = threading.Thread(target=_pump, args=(popen.stdout, log, echo), daemon=True)
+        pump.start()
+        return popen, pump
+
+    @staticmethod
+    def _close_log(proc: Proc, timeout: float = 5.0) -> None:
+        """Close ``proc``'s log file once its echo thread has copied what is left."""
+        if proc.pump is not None:
+            proc.pump.join(timeout)
+        proc.log_file.close()
+
+    def restart(self, proc: Proc, grace: float = config.STOP_GRACE_S) -> Proc:
+        """Start ``proc`` again in place: same command, environment and working directory,
+        its output appended to the same log file, the new pid in ``pids.json``.
+
+        Whatever is left of the old process group is killed first (a server that binds a
+        port must find it free; both servers here bind with SO_REUSEADDR, so sockets left in
+        TIME_WAIT do not matter). Returns the same ``Proc`` object, now for the new process.
+        """
+        old_pid = proc.pid
+        if proc.poll() is None:
+            signal_group(old_pid, signal.SIGTERM)
+            try:
+                proc.popen.wait(grace)
+            except subprocess.TimeoutExpired:
+                pass
+        signal_group(old_pid, signal.SIGKILL)  # what a dead leader left in its group
+        proc.popen.wait()
+        _wait_group_gone(old_pid, grace)
+        self._close_log(proc)
+        proc.log_file = open(proc.log_path, "ab")
+        proc.log_file.write(
+            f"\n--- {proc.name} (pid {old_pid}) exited with code {proc.popen.returncode}; "
+            f"restarted with the same command ---\n".encode()
+        )
+        proc.log_file.flush()
+        proc.popen, proc.pump = self._spawn(proc.cmd, proc.env, proc.cwd, proc.log_file, proc.echo)
+        proc.restarts += 1
         self._write_pids()
         return proc
 
@@ -166,7 +245,7 @@ class Cluster:
                 p.popen.wait(5.0)
             except subprocess.TimeoutExpired:
                 print(f"warning: {p.name} (pid {p.pid}) did not die", file=sys.stderr)
-            p.log_file.close()
+            self._close_log(p)
 
     def wait_trainers(
         self,
@@ -175,18 +254,26 @@ class Cluster:
         timeout: float = 0.0,
         grace: float = config.PS_EXIT_GRACE_S,
         on_tick: Callable[[], None] = lambda: None,
+        restart_roles: tuple[str, ...] = (),
+        max_restarts_per_role: int = config.STATE_SERVER_MAX_RESTARTS,
     ) -> None:
         """Wait until every trainer has exited 0 and then every ``exit_roles`` process too.
 
         Fails fast (LaunchError naming the process) when any process exits non-zero or a
         State Server exits at all, when the ``exit_roles`` are still up ``grace`` s after the
         trainers finished, or after ``timeout`` s (0: no limit). ``on_tick`` runs every poll.
+
+        A process of one of ``restart_roles`` that exits (with any code) is restarted in
+        place instead (:meth:`restart`, one line on stderr), at most
+        ``max_restarts_per_role`` times per role; one more exit is a LaunchError.
         """
         started = time.monotonic()
         finished_at: float | None = None
+        restarts: dict[str, int] = {}
         while True:
             time.sleep(0.25)
             on_tick()
+            self._restart_exited(restart_roles, max_restarts_per_role, restarts)
             self._raise_on_failure()
             if all(p.poll() == 0 for p in self.of_role(*trainer_roles)):
                 finished_at = finished_at or time.monotonic()
@@ -200,6 +287,28 @@ class Cluster:
             if timeout and time.monotonic() - started > timeout:
                 raise LaunchError(f"the run took longer than --timeout {timeout:g} s")
 
+    def _restart_exited(self, roles: tuple[str, ...], limit: int, counts: dict[str, int]) -> None:
+        """Restart the exited processes of ``roles`` while ``counts[role] < limit``."""
+        for p in self.of_role(*roles):
+            code = p.poll()
+            if code is None:
+                continue
+            done = counts.get(p.role, 0)
+            if done >= limit:
+                raise LaunchError(
+                    f"{p.role} restarted {done} time(s) already (the limit), then "
+                    f"{p.describe_exit()}"
+                )
+            old_pid = p.pid
+            self.restart(p)
+            counts[p.role] = done + 1
+            print(
+                f"launch: {p.name} (pid {old_pid}) exited with code {code}; restarted as pid "
+                f"{p.pid} on the same port (restart {done + 1} of at most {limit})",
+                file=sys.stderr,
+                flush=True,
+            )
+
     def _raise_on_failure(self) -> None:
         for p in self.procs:
             code = p.poll()
@@ -211,6 +320,33 @@ class Cluster:
 
     def __exit__(self, *exc_info: object) -> None:
         self.stop()
+
+
+def _pump(pipe: IO[bytes], log: IO[bytes], echo: Callable[[str], str]) -> None:
+    """Copy a child's output line by line, through ``echo``, to its log file and to stdout
+    (until the pipe closes; a pseudo-terminal's CR LF line ends become LF)."""
+    for raw in iter(pipe.readline, b""):
+        line = echo(raw.decode(errors="replace").rstrip("\r\n")) + "\n"
+        try:
+            log.write(line.encode())
+            log.flush()
+        except ValueError:  # the log was closed: the run is over
+            break
+        with _ECHO_LOCK:
+            sys.stdout.write(line)
+            sys.stdout.flush()
+    pipe.close()
+
+
+def _wait_group_gone(pgid: int, timeout: float) -> None:
+    """Wait until no process is left in group ``pgid`` (at most ``timeout`` s)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            os.killpg(pgid, 0)
+        except (ProcessLookupError, PermissionError):
+            return
+        time.sleep(0.02)
 
 
 def http_answers(url: str, timeout: float = 1.0) -> bool:

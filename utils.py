@@ -1,7 +1,7 @@
 """Data sets, worker partitioning and batching for the ESync reproduction.
 
 Everything here is plain numpy: the training code converts batches to MXNet arrays itself.
-Data files are read from a local directory only; this project never downloads anything
+Data files are read from a local directory only; training never downloads anything
 (see ``data/README.md`` for where each data set goes).
 """
 
@@ -21,7 +21,10 @@ import numpy as np
 DATASETS: tuple[str, ...] = ("digits", "fashion-mnist", "cifar10")
 NUM_CLASSES = 10
 
-_NO_DOWNLOAD = "This project never downloads data; see data/README.md for where to put the files."
+_NO_DOWNLOAD = (
+    "Training never downloads data: fetch it once with `python -m data.fetch <name>` "
+    "(make data), or see data/README.md for where to put the files."
+)
 
 
 class DatasetError(Exception):
@@ -413,7 +416,8 @@ class BatchIterator:
     """Endless iterator over one shard: reshuffles every epoch and yields ``(x, y)`` batches.
 
     Every batch has exactly ``batch_size`` samples: when an epoch runs out the batch is
-    completed from the next epoch's order (nothing is dropped). Epoch ``e`` is shuffled with
+    completed from the next epoch's order (nothing is dropped). ``take(n)`` draws a batch of
+    another size from the same stream. Epoch ``e`` is shuffled with
     ``np.random.default_rng([seed, e])``; pass ``seed = base_seed + rank`` so workers differ.
     Images are resized to ``size`` when it differs from their native size. ``epoch`` counts
     completed passes over the shard.
@@ -454,9 +458,30 @@ class BatchIterator:
     def __iter__(self) -> BatchIterator:
         return self
 
+    def state(self) -> dict[str, int]:
+        """Where the iterator stands (epoch, position); ``restore`` continues from there."""
+        return {"epoch": self.epoch, "pos": self._pos}
+
+    def restore(self, state: dict[str, int]) -> None:
+        """Continue from a ``state()``: the same batches follow as after that call."""
+        epoch, pos = int(state["epoch"]), int(state["pos"])
+        if epoch < 0 or not 0 <= pos < len(self.indices):
+            raise ValueError(f"iterator state out of range: {state}")
+        self.epoch, self._order, self._pos = epoch, self._shuffled(epoch), pos
+
     def __next__(self) -> tuple[np.ndarray, np.ndarray]:
+        return self.take(self.batch_size)
+
+    def take(self, n: int) -> tuple[np.ndarray, np.ndarray]:
+        """The next ``n`` samples of the order (any n >= 1; ``next()`` takes ``batch_size``).
+
+        A smaller batch consumes only its samples: the next batch starts right after them,
+        so the data order (and every epoch's shuffle) is the same as with full batches.
+        """
+        if int(n) != n or n < 1:
+            raise ValueError(f"n must be a positive integer, got {n!r}")
         parts = []
-        need = self.batch_size
+        need = int(n)
         while need > 0:
             take = self._order[self._pos : self._pos + need]
             parts.append(take)

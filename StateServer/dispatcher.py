@@ -3,17 +3,24 @@
 Request threads call :meth:`Dispatcher.submit`; it enqueues the message with a one-shot
 completion and blocks until the dispatcher thread has handled it. Messages are handled
 strictly in arrival (enqueue) order, one at a time, so the state needs no locks.
+
+A ``hold`` (the non-blocking protocol's delayed ACK) may be left unanswered: the handler
+returns :class:`~StateServer.router.Pending`, the job goes into a :class:`HoldBook`, and the
+same thread answers it when its deadline comes (it sleeps in ``queue.get`` only until the
+earliest deadline), when a message makes it due, or after ``max_hold_s``.
 """
 
 from __future__ import annotations
 
+import math
 import queue
 import threading
 import time
 from collections.abc import Callable
 from typing import Any
 
-from .router import Router
+from .holds import DEFAULT_MAX_HOLD_S, Held, HoldBook
+from .router import Pending, Router
 
 DEFAULT_QUEUE_SIZE = 4096
 DEFAULT_TIMEOUT_S = 10.0
@@ -54,20 +61,112 @@ class Job:
 _STOP = object()
 
 
+class Engine:
+    """The dispatcher's work without its thread: route messages, hold requests, answer them.
+
+    ``handle(job, now)`` routes one job (anything with ``msg``, ``result``, ``error`` and
+    ``finish()``), then answers every held request that became due; ``tick(now)`` answers
+    the ones whose deadline or expiry passed; ``next_time()`` is when that is next needed.
+    :class:`Dispatcher` runs it in its thread with the real clock; ``bench/simulate.py``
+    drives it with a simulated one.
+    """
+
+    def __init__(self, router: Router, max_hold_s: float = DEFAULT_MAX_HOLD_S) -> None:
+        self.router = router
+        self.holds = HoldBook(max_hold_s)
+        self.handled = 0
+        self._context: tuple[object, ...] | None = None  # router.hold_context() last seen
+
+    def next_time(self) -> float | None:
+        """The earliest time a held request must be answered (None: nothing is held)."""
+        return self.holds.next_time()
+
+    def handle(self, job: Any, now: float) -> None:
+        """Route one message; a Pending result holds the job instead of answering it."""
+        try:
+            result = self.router.route(job.msg, now)
+        except Exception as exc:  # handed to the waiting request thread
+            job.error = exc
+            result = None
+        self.handled += 1
+        if isinstance(result, Pending):
+            old = self.holds.add(result.rank, job, result.deadline, now)
+            if old is not None:
+                self._answer(old, now, due=False)  # superseded: the newer one is held
+        else:
+            job.result = result
+            job.finish()
+        self._update(job.msg, now)
+
+    def tick(self, now: float) -> None:
+        """Answer the held requests whose deadline or expiry is ``<= now``."""
+        if self.holds:
+            self._update(None, now)
+
+    def release_all(self, now: float) -> None:
+        """Answer every held request with compute (the server stops)."""
+        for held in self.holds.pop_all():
+            self._answer(held, now, due=False)
+
+    def _update(self, msg: object, now: float) -> None:
+        """After a message: recompute the deadlines it may have changed, answer the due."""
+        holds, router = self.holds, self.router
+        if not holds:
+            self._context = None
+            return
+        context = router.hold_context()
+        before, self._context = self._context, context
+        if before is not None and before[0] != context[0]:  # a new run: release them all
+            self.release_all(now)
+            return
+        if context != before:
+            for rank in holds.ranks():
+                holds.set_deadline(rank, router.hold_deadline(rank), now)
+        else:
+            rank = getattr(msg, "rank", None)
+            if rank in holds:
+                holds.set_deadline(rank, router.hold_deadline(rank), now)
+        for held in holds.pop_due(now):
+            self._answer(held, now, due=held.deadline <= now)
+
+    def _answer(self, held: Held, now: float, due: bool) -> None:
+        """Answer a held request: sync when due, else compute (expired, superseded, new run)."""
+        job = held.job
+        late = 0.0
+        if due and math.isfinite(held.deadline):
+            late = max(0.0, now - max(held.deadline, held.changed))
+        try:
+            job.result = self.router.release(held.rank, now, now - held.since, late, due)
+        except Exception as exc:
+            job.error = exc
+        job.finish()
+
+
 class Dispatcher:
-    """A bounded FIFO queue drained by one thread that runs the router."""
+    """A bounded FIFO queue drained by one thread that runs the :class:`Engine`."""
 
     def __init__(
         self,
         router: Router,
         maxsize: int = DEFAULT_QUEUE_SIZE,
         clock: Callable[[], float] = time.time,
+        max_hold_s: float = DEFAULT_MAX_HOLD_S,
     ) -> None:
         self.router = router
+        self.engine = Engine(router, max_hold_s)
         self._queue: queue.Queue[Any] = queue.Queue(maxsize)
         self._clock = clock
         self._thread: threading.Thread | None = None
-        self.handled = 0  # messages handled (written by the dispatcher thread only)
+
+    @property
+    def handled(self) -> int:
+        """Messages handled (written by the dispatcher thread only)."""
+        return self.engine.handled
+
+    @property
+    def hold_timeout(self) -> float:
+        """How long a request thread waits for the answer to a hold."""
+        return self.engine.holds.max_hold_s + DEFAULT_TIMEOUT_S
 
     @property
     def thread_id(self) -> int | None:
@@ -82,7 +181,7 @@ class Dispatcher:
         return self
 
     def stop(self, timeout: float = 5.0) -> None:
-        """Ask the thread to finish the queued messages and stop; wait for it."""
+        """Ask the thread to finish the queued messages, release the held ones, and stop."""
         if self._thread is not None and self._thread.is_alive():
             try:
                 self._queue.put(_STOP, timeout=timeout)
@@ -93,6 +192,10 @@ class Dispatcher:
     def depth(self) -> int:
         """Messages waiting in the queue."""
         return self._queue.qsize()
+
+    def held(self) -> int:
+        """Requests held open (a snapshot; exact only in the dispatcher thread)."""
+        return len(self.engine.holds)
 
     def enqueue(self, msg: object, put_timeout: float = 1.0) -> Job:
         """Queue ``msg`` without waiting for it to be handled; ``Job.get`` waits.
@@ -119,14 +222,18 @@ class Dispatcher:
         return self.enqueue(msg, put_timeout).get(timeout)
 
     def _run(self) -> None:
-        get, route, clock = self._queue.get, self.router.route, self._clock
+        get, clock, engine = self._queue.get, self._clock, self.engine
         while True:
-            job = get()
-            if job is _STOP:
-                return
+            wake = engine.next_time()
             try:
-                job.result = route(job.msg, clock())
-            except Exception as exc:  # handed to the waiting request thread
-                job.error = exc
-            self.handled += 1
-            job.finish()
+                job = get() if wake is None else get(timeout=max(0.0, wake - clock()))
+            except queue.Empty:
+                job = None
+            now = clock()
+            if job is _STOP:
+                engine.release_all(now)
+                return
+            if job is None:
+                engine.tick(now)
+            else:
+                engine.handle(job, now)

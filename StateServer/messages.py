@@ -3,10 +3,19 @@
 Every message is a JSON object with a ``msg_type``:
 
 * ``reset`` (alias ``init``) with ``num_workers`` and ``epsilon``: (re)initialise the server;
+  with ``"rejoin": true`` a worker re-registers after a State Server restart: initialise
+  unless already initialised with the same parameters, and never forget a record;
 * ``reset`` with ``rank``, ``t``, ``te``: worker ``rank`` starts round ``t`` at time ``te``;
 * ``report`` with ``rank``, ``k``, ``c``, ``te``: progress of a worker, no answer wanted;
 * ``query`` with the same fields as ``report``: progress plus "what do I do next?";
-* ``response`` (server to worker only): ``rank``, ``round``, ``action`` (compute | sync);
+* ``hold`` with ``rank``, ``t``, ``k``, ``c``, ``te``: progress of a non-blocking worker in
+  round ``t``; the server answers (a ``response``) when the worker must synchronise: the
+  delayed ACK (see docs/state-server.md, "Non-blocking protocol");
+* ``response`` (server to worker only): ``rank``, ``round``, ``action`` (compute | sync),
+  optionally ``left`` (seconds until the slowest worker is expected to finish), and for an
+  answer to a ``hold`` ``held`` (seconds the server kept it open), ``late`` (seconds
+  between the moment the answer was due and the moment it was sent) and ``final`` (true:
+  the asker is the slowest; send one more hold when you reach the barrier);
 * ``ack`` (server to worker only): ``of`` (init | reset | report), ``round``, and ``rank``
   unless it acknowledges an init.
 
@@ -44,10 +53,17 @@ class MessageError(ValueError):
 
 @dataclass(frozen=True, slots=True)
 class InitMsg:
-    """(Re)initialise the server for a run of ``num_workers`` workers."""
+    """(Re)initialise the server for a run of ``num_workers`` workers.
+
+    ``rejoin`` False (a plain init): start a new run, forget every record. True: a worker
+    re-registers after a State Server restart; initialise only if not initialised yet, and
+    refuse (HTTP 400) if initialised with other parameters. On the wire ``rejoin`` is only
+    sent when true, so a plain init is the upstream message unchanged.
+    """
 
     num_workers: int
     epsilon: float
+    rejoin: bool = False
     msg_type: str = "reset"
 
 
@@ -84,22 +100,59 @@ class QueryMsg:
 
 
 @dataclass(frozen=True, slots=True)
+class HoldMsg:
+    """Progress of worker ``rank`` in round ``t`` (as :class:`ReportMsg`), and "answer me when
+    I must synchronise". The server holds the request open until Alg. 2 says sync (or at most
+    ``HOLD_MAX_S``, then answers compute: send it again). With ``k == 0`` it is also the
+    worker's reset into round ``t`` at ``te``."""
+
+    rank: int
+    t: int
+    k: int
+    c: float
+    te: float
+    msg_type: str = "hold"
+
+
+@dataclass(frozen=True, slots=True)
 class ResponseMsg:
-    """The server's answer to a query."""
+    """The server's answer to a query or a hold.
+
+    Optional (absent from the JSON when None / false): ``left``, the seconds until the
+    slowest worker is expected to finish its batch (on a sync while it still computes: the
+    budget of a smaller last batch); on answers to a hold: ``held`` and ``late``, how long the
+    server kept it open and how long after the answer was due it was sent, and ``final``:
+    the asker is the slowest worker, so the server wants to know when it reaches the barrier
+    (one more hold then; the others are told sync when it does).
+    """
 
     rank: int
     round: int
     action: str
+    left: float | None = None
+    held: float | None = None
+    late: float | None = None
+    final: bool = False
     msg_type: str = "response"
 
     def to_dict(self) -> dict[str, Any]:
-        """JSON-ready dict, ``msg_type`` first."""
-        return {
+        """JSON-ready dict, ``msg_type`` first; the optional fields only when set."""
+        out: dict[str, Any] = {
             "msg_type": self.msg_type,
             "rank": self.rank,
             "round": self.round,
             "action": self.action,
         }
+        for name in _OPTIONAL_RESPONSE:
+            value = getattr(self, name)
+            if value is not None:
+                out[name] = round(value, 6)
+        if self.final:
+            out["final"] = True
+        return out
+
+
+_OPTIONAL_RESPONSE = ("left", "held", "late")
 
 
 @dataclass(frozen=True, slots=True)
@@ -119,12 +172,27 @@ class AckMsg:
         return out
 
 
-WorkerMsg = InitMsg | ResetMsg | ReportMsg | QueryMsg
+WorkerMsg = InitMsg | ResetMsg | ReportMsg | QueryMsg | HoldMsg
 
 
 # --- field checks ---------------------------------------------------------------------
 
 _INT_RE = re.compile(r"[+-]?\d{1,20}")
+
+
+def _as_bool(name: str, value: object, lenient: bool) -> bool:
+    """Check that ``value`` is a JSON boolean; ``lenient`` (form fields) also takes
+    ``true``/``false``/``1``/``0`` as strings, and the integers 0 and 1."""
+    if lenient:
+        if isinstance(value, str):
+            value = {"true": True, "1": True, "false": False, "0": False}.get(
+                value.strip().lower(), value
+            )
+        elif type(value) is int and value in (0, 1):
+            value = bool(value)
+    if not isinstance(value, bool):
+        raise MessageError(f"field '{name}' must be true or false, got {_show(value)}")
+    return value
 
 
 def _as_int(name: str, value: object, lo: int, hi: int, lenient: bool) -> int:
@@ -168,16 +236,19 @@ _FIELDS: dict[str, tuple[str, ...]] = {
     "reset": ("rank", "t", "te"),
     "report": ("rank", "k", "c", "te"),
     "query": ("rank", "k", "c", "te"),
+    "hold": ("rank", "t", "k", "c", "te"),
 }
+_OPTIONAL: dict[str, tuple[str, ...]] = {"init": ("rejoin",)}  # may be absent
 
 
 def _check_fields(kind: str, obj: Mapping[str, object], ignore: tuple[str, ...] = ()) -> None:
-    """Every field of ``kind`` present, nothing else (besides ``ignore``)."""
+    """Every field of ``kind`` present, nothing else (besides its optional ones and
+    ``ignore``)."""
     wanted = _FIELDS[kind]
     missing = [f for f in wanted if f not in obj]
     if missing:
         raise MessageError(f"{kind} message: missing field(s) {', '.join(map(repr, missing))}")
-    extra = sorted(set(obj) - set(wanted) - set(ignore))
+    extra = sorted(set(obj) - set(wanted) - set(_OPTIONAL.get(kind, ())) - set(ignore))
     if extra:
         raise MessageError(f"{kind} message: unexpected field(s) {', '.join(map(repr, extra))}")
 
@@ -189,6 +260,7 @@ def _build(kind: str, obj: Mapping[str, object], lenient: bool) -> WorkerMsg:
         return InitMsg(
             num_workers=_as_int("num_workers", get("num_workers"), 1, MAX_NUM_WORKERS, lenient),
             epsilon=_as_float("epsilon", get("epsilon"), MAX_SECONDS, lenient),
+            rejoin=_as_bool("rejoin", obj.get("rejoin", False), lenient),
         )
     rank = _as_int("rank", get("rank"), 0, MAX_NUM_WORKERS - 1, lenient)
     te = _as_float("te", get("te"), MAX_UNIX_TIME, lenient)
@@ -196,6 +268,9 @@ def _build(kind: str, obj: Mapping[str, object], lenient: bool) -> WorkerMsg:
         return ResetMsg(rank=rank, t=_as_int("t", get("t"), 0, MAX_INT, lenient), te=te)
     k = _as_int("k", get("k"), 0, MAX_INT, lenient)
     c = _as_float("c", get("c"), MAX_SECONDS, lenient)
+    if kind == "hold":
+        t = _as_int("t", get("t"), 0, MAX_INT, lenient)
+        return HoldMsg(rank=rank, t=t, k=k, c=c, te=te)
     cls = ReportMsg if kind == "report" else QueryMsg
     return cls(rank=rank, k=k, c=c, te=te)
 
@@ -212,9 +287,9 @@ def parse_message(obj: object) -> WorkerMsg:
         raise MessageError("missing field 'msg_type'")
     if msg_type == "response":
         raise MessageError("msg_type 'response' is sent by the server, not to it")
-    if msg_type not in ("reset", "init", "report", "query"):
+    if msg_type not in ("reset", "init", "report", "query", "hold"):
         raise MessageError(
-            f"unknown msg_type {_show(msg_type)}; expected reset, init, report or query"
+            f"unknown msg_type {_show(msg_type)}; expected reset, init, report, query or hold"
         )
     kind = msg_type
     if msg_type == "reset" and ("num_workers" in obj or "epsilon" in obj):
@@ -230,7 +305,7 @@ def parse_fields(kind: str, fields: Mapping[str, object]) -> WorkerMsg:
 
     ``kind`` is ``init``, ``reset`` or ``query``; upstream ``reset`` names the rank ``r``.
     """
-    if kind not in _FIELDS:
+    if kind not in _FIELDS or kind == "hold":
         raise MessageError(f"unknown message kind {kind!r}")
     if kind != "init":
         if "rank" in fields:
@@ -260,7 +335,14 @@ def parse_response(obj: object) -> ResponseMsg:
         raise MessageError(f"response: action must be compute or sync, got {_show(action)}")
     rank = _as_int("rank", obj.get("rank"), 0, MAX_NUM_WORKERS - 1, False)
     rnd = _as_int("round", obj.get("round"), 0, MAX_INT, False)
-    return ResponseMsg(rank=rank, round=rnd, action=action)
+    extra: dict[str, Any] = {
+        name: _as_float(name, obj[name], MAX_SECONDS, False)
+        for name in _OPTIONAL_RESPONSE
+        if obj.get(name) is not None
+    }
+    if "final" in obj:
+        extra["final"] = _as_bool("final", obj["final"], False)
+    return ResponseMsg(rank=rank, round=rnd, action=action, **extra)
 
 
 def parse_ack(obj: object, of: str | None = None) -> AckMsg:
@@ -329,8 +411,8 @@ def _show_obj(obj: object) -> str:
 
 
 _WIRE_FIELDS: dict[type, tuple[str, ...]] = {
-    cls: tuple(f.name for f in fields(cls) if f.name != "msg_type")
-    for cls in (InitMsg, ResetMsg, ReportMsg, QueryMsg)
+    cls: tuple(f.name for f in fields(cls) if f.name not in ("msg_type", "rejoin"))
+    for cls in (InitMsg, ResetMsg, ReportMsg, QueryMsg, HoldMsg)
 }
 
 
@@ -347,4 +429,6 @@ def message_to_dict(msg: WorkerMsg) -> dict[str, Any]:
     out: dict[str, Any] = {"msg_type": msg.msg_type}
     for name in names:
         out[name] = getattr(msg, name)
+    if type(msg) is InitMsg and msg.rejoin:  # absent when false: a plain init stays upstream's
+        out["rejoin"] = True
     return out

@@ -3,6 +3,12 @@
 Nothing here reads the clock or touches the network: every call takes ``now`` (Unix time),
 so tests are deterministic. See ``docs/state-server.md`` for the cases the paper leaves open
 and how they are decided here.
+
+Two protocols use it. *Blocking* (the paper's Alg. 2 as written): a worker asks ``query``
+after every local iteration and is answered at once. *Non-blocking* (the paper's delayed
+ACK): a worker ``hold``s, and the server answers when Alg. 2's condition becomes true;
+:meth:`Scheduler.deadline` is the server time from which a query would be answered sync,
+computed from the same state with :func:`sync_deadline`, so both protocols decide alike.
 """
 
 from __future__ import annotations
@@ -13,6 +19,24 @@ from .state import INITIAL_ROUND, StateDB, WorkerRecord
 
 COMPUTE = "compute"
 SYNC = "sync"
+DUE = float("-inf")  # deadline: a query with k >= 1 would be answered sync already
+UNKNOWN = float("inf")  # deadline: it depends on messages the server has not had yet
+
+
+def sync_deadline(c: float, slowest_c: float, slowest_te: float, epsilon: float) -> float:
+    """Alg. 2's step 7 solved for the time: the server time after which a worker of
+    capability ``c`` is told sync while the slowest (``slowest_c`` s per batch, last
+    iteration finished at ``slowest_te``) is still computing.
+
+    ``c + epsilon > rest`` with ``rest = slowest_c - (now - slowest_te)`` holds exactly when
+    ``now > slowest_te + slowest_c - c - epsilon``.
+    """
+    return slowest_te + slowest_c - c - epsilon
+
+
+def _key(rec: WorkerRecord, current_round: int) -> tuple[float, bool, bool, float, int]:
+    """Order of "slower" for :meth:`Scheduler.slowest` (the largest key is the slowest)."""
+    return (rec.c, rec.t < current_round, not rec.ready, rec.te, -rec.rank)
 
 
 class SchedulerError(ValueError):
@@ -32,6 +56,14 @@ class Scheduler:
 
     def __init__(self) -> None:
         self.db = StateDB()
+        self.generation = 0  # +1 on every init: held requests of an older run are released
+        self._forget_slowest()
+
+    def _forget_slowest(self) -> None:
+        """Drop the cached argmax (after an init or a new round); the next call rescans."""
+        self._best: WorkerRecord | None = None
+        self._best_valid = False
+        self._known = sum(1 for rec in self.db.records.values() if rec.c > 0.0)
 
     # --- messages ---------------------------------------------------------------------
 
@@ -40,6 +72,30 @@ class Scheduler:
         self.db = StateDB(
             num_workers=num_workers, epsilon=epsilon, round=INITIAL_ROUND, initialized=True
         )
+        self.generation += 1
+        self._forget_slowest()
+
+    def rejoin(self, num_workers: int, epsilon: float) -> bool:
+        """A worker re-registers after a State Server restart; never forgets a record.
+
+        Not initialised: initialise as :meth:`init` does (and remember that it was a rejoin:
+        see :meth:`decide`); returns True. Already initialised with the same ``num_workers``
+        and ``epsilon`` (another worker re-registered first, or the server never restarted):
+        nothing changes; returns False. Initialised with other parameters: SchedulerError
+        (HTTP 400), nothing changes: the server serves another run, or the workers disagree.
+        """
+        db = self.db
+        if not db.initialized:
+            self.init(num_workers, epsilon)
+            self.db.rejoined = True
+            return True
+        if (db.num_workers, db.epsilon) != (num_workers, epsilon):
+            raise SchedulerError(
+                f"rejoin refused: the State Server serves a run with num_workers "
+                f"{db.num_workers} and epsilon {db.epsilon!r}, the rejoin asks for "
+                f"num_workers {num_workers} and epsilon {epsilon!r}"
+            )
+        return False
 
     def reset(self, rank: int, t: int, te: float, now: float) -> int:
         """Worker ``rank`` starts round ``t`` at ``te``; a newer round clears every k/ready."""
@@ -47,14 +103,16 @@ class Scheduler:
         db = self.db
         if t > db.round:
             db.start_round(t)
-        rec = db.get_or_create(rank)
-        rec.t, rec.te, rec.k, rec.ready, rec.last_seen = t, te, 0, False, now
+            self._best_valid = False  # every key changed (round, ready)
+        rec, old = self._record(rank)
+        rec.t, rec.te, rec.k, rec.ready, rec.told, rec.last_seen = t, te, 0, False, False, now
+        self._changed(rec, old)
         return db.round
 
     def report(self, rank: int, k: int, c: float, te: float, now: float) -> WorkerRecord:
         """Record a worker's progress (k local iterations, c s/batch, te last finish)."""
         self._check_rank(rank)
-        rec = self.db.get_or_create(rank)
+        rec, old = self._record(rank)
         if rec.t < self.db.round:
             # Queries carry no round. A worker that computes has passed the barrier that
             # ended the previous round, so it is in the current one (a lost reset, or a
@@ -62,7 +120,8 @@ class Scheduler:
             rec.t = self.db.round
         rec.k, rec.te, rec.last_seen = k, te, now
         if c > 0.0:  # 0 means "not measured": keep what we know
-            rec.c = c
+            self._set_c(rec, c)
+        self._changed(rec, old)
         return rec
 
     def query(self, rank: int, k: int, c: float, te: float, now: float) -> str:
@@ -70,8 +129,41 @@ class Scheduler:
         rec = self.report(rank, k, c, te, now)
         action = self.decide(rec, now)
         if action == SYNC:
-            rec.ready = True
+            self.mark_synced(rec)
         return action
+
+    def hold(
+        self, rank: int, t: int, k: int, c: float, te: float, now: float
+    ) -> WorkerRecord | None:
+        """Progress of a non-blocking worker in round ``t`` (it waits to be told sync).
+
+        A worker's first hold of a round (its record is in an older round) is its reset:
+        ``te`` is then the time it started the round. Returns the record, or None when ``t``
+        is older than the current round: the worker was told sync in round ``t`` already
+        and the others have moved on (only its capability is kept).
+        """
+        self._check_rank(rank)
+        if t < self.db.round:
+            rec = self.db.records.get(rank)
+            if rec is not None and c > 0.0:
+                old = _key(rec, self.db.round)
+                self._set_c(rec, c)
+                self._changed(rec, old)
+            return None
+        rec = self.db.records.get(rank)
+        if rec is None or rec.t < t:
+            self.reset(rank, t, te, now)
+        return self.report(rank, k, c, te, now)
+
+    def mark_synced(self, rec: WorkerRecord) -> None:
+        """``rec`` was answered sync: ready (at the barrier) once it has done an iteration,
+        told (sync after the batch it is computing) before that."""
+        if rec.k == 0:
+            rec.told = True
+            return
+        old = _key(rec, self.db.round)
+        rec.ready = True
+        self._changed(rec, old)
 
     # --- Alg. 2 -----------------------------------------------------------------------
 
@@ -81,28 +173,31 @@ class Scheduler:
         The slowest is the record with the largest c. Among equal c it is the one that will
         reach the barrier last: not yet in the current round, then not yet ready, then the
         latest ``te``; lowest rank last, so the choice is deterministic.
+
+        Kept up to date incrementally (O(1) per message; one rescan per round), so a query
+        costs the same with 4 workers as with 1,000.
         """
         db = self.db
-        if len(db.records) < db.num_workers:
+        if self._known < db.num_workers or len(db.records) < db.num_workers:
             return None
-        best: WorkerRecord | None = None
-        best_key: tuple[float, bool, bool, float, int] | None = None
-        for rec in db.records.values():
-            if rec.c <= 0.0:
-                return None
-            key = (rec.c, rec.t < db.round, not rec.ready, rec.te, -rec.rank)
-            if best_key is None or key > best_key:
-                best, best_key = rec, key
-        return best
+        if not self._best_valid:
+            self._best = max(db.records.values(), key=lambda rec: _key(rec, db.round))
+            self._best_valid = True
+        return self._best
 
     def decide(self, asker: WorkerRecord, now: float) -> str:
         """Alg. 2 for a worker whose record is already updated; does not mark it ready."""
         if asker.k == 0:
             return COMPUTE  # every worker computes at least one iteration per round
-        if asker.ready:
+        if asker.ready or asker.told:
             return SYNC  # told before in this round: the answer does not flip back
         slowest = self.slowest()
         if slowest is None:
+            if self.db.recovering:
+                # After a restart a worker with no record may be waiting at the barrier
+                # already (told sync by the lost server); it will not ask again this round,
+                # so computing on would wait for it forever.
+                return SYNC
             return COMPUTE  # someone's capability is unknown: it might be the slowest
         if asker.c >= slowest.c:
             return SYNC  # the asker is (one of) the slowest: one iteration per round
@@ -112,6 +207,80 @@ class Scheduler:
         if slowest.ready or asker.c + self.db.epsilon > rest:
             return SYNC
         return COMPUTE
+
+    def deadline(self, asker: WorkerRecord) -> float:
+        """The server time after which :meth:`decide` answers ``asker`` sync (for k >= 1).
+
+        :data:`DUE` when it already would, :data:`UNKNOWN` when that depends on messages not
+        received yet (a capability, the slowest's reset); otherwise :func:`sync_deadline`.
+        For every state and every ``now``: ``decide(asker, now) == SYNC`` exactly when
+        ``now > deadline(asker)`` (tests/test_nonblocking_scheduler.py).
+        """
+        if asker.ready or asker.told:
+            return DUE
+        slowest = self.slowest()
+        if slowest is None:
+            return DUE if self.db.recovering else UNKNOWN
+        if asker.c >= slowest.c:
+            return DUE
+        if slowest.t != self.db.round:
+            return UNKNOWN
+        if slowest.ready:
+            return DUE
+        return sync_deadline(asker.c, slowest.c, slowest.te, self.db.epsilon)
+
+    def is_slowest(self, rec: WorkerRecord) -> bool:
+        """Whether ``rec`` is (one of) the slowest, or might be (some capability unknown):
+        the others' answers depend on when it reaches the barrier."""
+        slowest = self.slowest()
+        return slowest is None or rec.c >= slowest.c
+
+    def left(self, asker: WorkerRecord, now: float) -> float | None:
+        """Seconds until the slowest is expected to finish its batch, when the asker is not
+        the slowest and that is known and still ahead (the fill-last-batch budget)."""
+        slowest = self.slowest()
+        if slowest is None or slowest is asker or asker.c >= slowest.c or slowest.ready:
+            return None
+        if slowest.t != self.db.round:
+            return None
+        rest = slowest.c - now + slowest.te
+        return rest if rest > 0.0 else None
+
+    def deadline_context(self) -> tuple[object, ...]:
+        """Everything besides a worker's own record that its :meth:`deadline` depends on;
+        when it changes, every held request's deadline is computed again."""
+        db = self.db
+        s = self.slowest()
+        slow = None if s is None else (s.rank, s.c, s.te, s.t == db.round, s.ready)
+        return (self.generation, db.round, db.epsilon, db.recovering, slow)
+
+    # --- the incrementally kept slowest -----------------------------------------------
+
+    def _record(self, rank: int) -> tuple[WorkerRecord, tuple[float, bool, bool, float, int]]:
+        """The record of ``rank`` (created when new) and its key before a change."""
+        db = self.db
+        rec = db.records.get(rank)
+        if rec is None:
+            rec = db.get_or_create(rank)
+            return rec, (-1.0, False, False, 0.0, 0)  # below every real key
+        return rec, _key(rec, db.round)
+
+    def _set_c(self, rec: WorkerRecord, c: float) -> None:
+        if rec.c <= 0.0:
+            self._known += 1
+        rec.c = c
+
+    def _changed(self, rec: WorkerRecord, old: tuple[float, bool, bool, float, int]) -> None:
+        """Keep the cached argmax right after ``rec``'s key changed from ``old``."""
+        if not self._best_valid:
+            return
+        new = _key(rec, self.db.round)
+        best = self._best
+        if best is rec:
+            if new < old:
+                self._best_valid = False  # it may have lost its place: rescan when asked
+        elif best is None or new > _key(best, self.db.round):
+            self._best = rec
 
     # --- views ------------------------------------------------------------------------
 
@@ -132,6 +301,7 @@ class Scheduler:
                     "c": 0.0,
                     "te": 0.0,
                     "ready": False,
+                    "told": False,
                     "last_seen": None,
                 }
             )
@@ -139,6 +309,7 @@ class Scheduler:
             workers.append(row)
         return {
             "initialized": db.initialized,
+            "recovering": db.recovering,
             "num_workers": db.num_workers,
             "epsilon": db.epsilon,
             "round": db.round,

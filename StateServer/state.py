@@ -21,6 +21,7 @@ class WorkerRecord:
     c: float = 0.0  # capability: seconds per batch; 0.0 means not measured yet
     te: float = 0.0  # Unix time the worker last finished an iteration (or started the round)
     ready: bool = False  # told to synchronise in this round
+    told: bool = False  # a hold with k = 0 was answered sync: sync after the current batch
     last_seen: float = 0.0  # server time of the last message from this worker
 
     def to_dict(self) -> dict[str, Any]:
@@ -32,6 +33,7 @@ class WorkerRecord:
             "c": self.c,
             "te": self.te,
             "ready": self.ready,
+            "told": self.told,
             "last_seen": self.last_seen,
         }
 
@@ -44,7 +46,14 @@ class StateDB:
     epsilon: float = 0.0
     round: int = INITIAL_ROUND
     initialized: bool = False
+    rejoined: bool = False  # initialised by a worker's rejoin (the server had restarted)
     records: dict[int, WorkerRecord] = field(default_factory=dict)
+
+    @property
+    def recovering(self) -> bool:
+        """Initialised by a rejoin and some worker has not re-registered yet: that worker may
+        be waiting at the barrier already, told sync by the server that was lost."""
+        return self.rejoined and len(self.records) < self.num_workers
 
     def get_or_create(self, rank: int) -> WorkerRecord:
         """The record of ``rank``; a new worker is placed in the current round."""
@@ -55,8 +64,9 @@ class StateDB:
         return rec
 
     def start_round(self, t: int) -> None:
-        """Enter round ``t``: every worker's k and ready flag are cleared."""
+        """Enter round ``t``: every worker's k and ready (and told) flags are cleared."""
         self.round = t
         for rec in self.records.values():
             rec.k = 0
             rec.ready = False
+            rec.told = False

@@ -36,7 +36,7 @@ def test_unknown_mode_lists_choices() -> None:
 
 def test_bad_numbers_are_argparse_errors() -> None:
     for flags, message in (
-        (["--slowdown", "0.5"], "argument --slowdown: slowdown must be >= 1, got 0.5"),
+        (["--slowdown", "0.5"], "argument --slowdown: '0.5': slowdowns must be finite numbers"),
         (["-b", "0"], "argument -b/--batch-size: must be >= 1, got 0"),
         (["-dcasgd", "2"], "argument -dcasgd/--dcasgd: invalid choice: 2 (choose from 0, 1)"),
         (["-port", "70000"], "argument -port/--state-server-port: port must be in 1..65535"),

@@ -12,13 +12,11 @@ import time
 
 import pytest
 from conftest import (
-    PYTHON,
-    ROOT,
     assert_all_gone,
     launched_pids,
     read_rounds,
     run_py,
-    test_env,
+    start_launcher,
     worker_folders,
 )
 
@@ -105,18 +103,6 @@ def test_esync_fast_workers_do_more_local_iterations(log_dir: str) -> None:
     assert_all_gone(launched_pids(log_dir, "lenet", "esync"))
 
 
-def _start_launcher(log_dir: str, *flags: str) -> subprocess.Popen:
-    return subprocess.Popen(
-        [PYTHON, "launch.py", *flags, "-n", "lenet", "-ld", log_dir],
-        cwd=ROOT,
-        env=test_env(),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        start_new_session=True,
-    )
-
-
 def _wait_for_rounds(log_dir: str, mode_dir: str, proc: subprocess.Popen) -> dict[str, int]:
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:
@@ -139,8 +125,18 @@ def _port_free(port: int) -> bool:
 
 
 def test_ctrl_c_stops_every_process(log_dir: str) -> None:
-    proc = _start_launcher(
-        log_dir, "-w", "3", "--slowdowns", "1,1,4", "-m", "esync", "--rounds", "100000"
+    proc = start_launcher(
+        log_dir,
+        "-n",
+        "lenet",
+        "-w",
+        "3",
+        "--slowdowns",
+        "1,1,4",
+        "-m",
+        "esync",
+        "--rounds",
+        "100000",
     )
     try:
         pids = _wait_for_rounds(log_dir, "esync", proc)
@@ -163,8 +159,18 @@ def test_ctrl_c_stops_every_process(log_dir: str) -> None:
 
 
 def test_dead_worker_stops_the_run_and_names_its_rank(log_dir: str) -> None:
-    proc = _start_launcher(
-        log_dir, "-w", "3", "--slowdowns", "1,1,1", "-m", "sync", "--rounds", "100000"
+    proc = start_launcher(
+        log_dir,
+        "-n",
+        "lenet",
+        "-w",
+        "3",
+        "--slowdowns",
+        "1,1,1",
+        "-m",
+        "sync",
+        "--rounds",
+        "100000",
     )
     try:
         pids = _wait_for_rounds(log_dir, "sync", proc)

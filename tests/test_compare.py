@@ -13,10 +13,15 @@ from summary import time_to_target
 pytestmark = pytest.mark.slow
 
 MODES = ("esync", "sync", "local")
+# Every mode reaches this accuracy within the run (SSGD's first evaluations are at 0.3-0.4, its
+# curve then swings between 0.2 and 0.65 with the summed step), so every speedup to it is defined
+# and checked; the final accuracy only has to be well above chance (0.1).
+TARGET = 0.3
+MIN_FINAL_ACCURACY = 0.2
 
 
 def test_compare_writes_consistent_report(log_dir: str) -> None:
-    flags = "-w 3 --slowdowns 1,1,4 -n lenet --rounds 100000 --max-time 6 -e 3 --target 0.5"
+    flags = f"-w 3 --slowdowns 1,1,4 -n lenet --rounds 100000 --max-time 6 -e 3 --target {TARGET}"
     res = run_py(
         ["launch.py", "--compare", ",".join(MODES), *flags.split(), "-ld", log_dir]
         + ["--timeout", "120"],
@@ -30,25 +35,29 @@ def test_compare_writes_consistent_report(log_dir: str) -> None:
     with open(os.path.join(base, "report.json")) as fh:
         report = json.load(fh)
     assert os.path.getsize(os.path.join(base, "report.md")) > 0
-    assert report["target"] == 0.5 and set(report["modes"]) == set(MODES)
+    assert report["target"] == TARGET and set(report["modes"]) == set(MODES)
     summaries = {}
     for mode in MODES:
         with open(os.path.join(base, mode, "summary.json")) as fh:
             summaries[mode] = json.load(fh)
         row, summ = report["modes"][mode], summaries[mode]
         assert row["num_workers"] == (1 if mode == "local" else 3)
-        assert row["final_accuracy"] == summ["final_accuracy"] > 0.3
+        assert row["final_accuracy"] == summ["final_accuracy"] > MIN_FINAL_ACCURACY, mode
         assert row["samples_per_s"] == pytest.approx(summ["samples_per_s"])
         assert row["bytes_per_s"] == pytest.approx(summ["bytes_per_s"])
         assert row["min_compute_time_ratio"] == pytest.approx(
             min(w["compute_time_ratio"] for w in summ["workers"])
         )
-        assert row["time_to_target_s"] == time_to_target(summ["accuracy"], 0.5)
+        assert row["time_to_target_s"] == time_to_target(summ["accuracy"], TARGET)
+        assert row["time_to_target_s"] is not None, (mode, summ["accuracy"])
         assert 5.0 <= summ["duration_s"] < 15.0
+    esync_t = report["modes"]["esync"]["time_to_target_s"]
+    for other in ("sync", "local"):
+        other_t = report["modes"][other]["time_to_target_s"]
+        speedup = report["esync_vs"][other]["speedup_to_target"]
+        assert speedup == pytest.approx(other_t / esync_t), other
+        assert f"{speedup:.2f}x" in res.stdout, other  # the console table shows it
     vs = report["esync_vs"]["sync"]
-    esync_t, sync_t = (report["modes"][m]["time_to_target_s"] for m in ("esync", "sync"))
-    if esync_t and sync_t:
-        assert vs["speedup_to_target"] == pytest.approx(sync_t / esync_t)
     assert vs["traffic_ratio"] == pytest.approx(
         summaries["esync"]["bytes_per_s"] / summaries["sync"]["bytes_per_s"]
     )

@@ -5,6 +5,8 @@ from __future__ import annotations
 import http.client
 import http.server
 import json
+import os
+import signal
 import socket
 import threading
 import time
@@ -27,6 +29,7 @@ from supervisor import (
 from trainer.state_client import (
     StateClient,
     StateServerError,
+    StateServerNotInitialised,
     StateServerUnreachable,
 )
 
@@ -228,6 +231,28 @@ def test_upstream_routes_form_and_json(server: Server) -> None:
     }
 
 
+def test_rejoin_keeps_records_and_a_plain_init_forgets(server: Server) -> None:
+    auth = server.auth()
+    server.msg(msg_type="reset", num_workers=3, epsilon=0.5)
+    server.msg(msg_type="reset", rank=1, t=4, te=10.0)
+    server.msg(msg_type="report", rank=0, k=2, c=0.01, te=11.0)
+    before = server.state()
+    rejoin = {"msg_type": "init", "num_workers": 3, "epsilon": 0.5, "rejoin": True}
+    assert server.msg(**rejoin) == {"msg_type": "ack", "of": "init", "round": 4}
+    form = {"num_workers": 3, "epsilon": "0.5", "rejoin": "true"}
+    assert server.json("POST", "/init/", form=form, headers=auth) == (
+        200,
+        {"msg_type": "ack", "of": "init", "round": 4},
+    )
+    assert server.state() == before and before["recovering"] is False
+    status, obj = server.json("POST", "/msg/", {**rejoin, "num_workers": 4}, headers=auth)
+    assert status == 400 and "rejoin refused" in obj["error"], obj
+    assert server.state() == before
+    server.msg(msg_type="init", num_workers=3, epsilon=0.5)  # a plain init: a new run
+    state = server.state()
+    assert state["round"] == 0 and not any(w["reported"] for w in state["workers"])
+
+
 def test_three_worker_walkthrough(server: Server) -> None:
     """Alg. 2 end to end; time margins are seconds, so request latency cannot matter."""
     server.msg(msg_type="reset", num_workers=3, epsilon=0.5)
@@ -297,6 +322,13 @@ BAD_MSG_BODIES: list[tuple[str, bytes, int]] = [
     ("huge integer", b'{"msg_type":"query","rank":' + b"7" * 5000 + b"}", 400),
     ("duplicate key", b'{"msg_type":"query","msg_type":"reset"}', 400),
     ("oversized body", b'{"pad": "' + b"x" * 70_000 + b'"}', 413),
+    ("rejoin string", b'{"msg_type":"init","num_workers":3,"epsilon":0.5,"rejoin":"true"}', 400),
+    ("rejoin integer", b'{"msg_type":"init","num_workers":3,"epsilon":0.5,"rejoin":1}', 400),
+    ("rejoin null", b'{"msg_type":"init","num_workers":3,"epsilon":0.5,"rejoin":null}', 400),
+    ("rejoin on a reset", b'{"msg_type":"reset","rank":0,"t":1,"te":1,"rejoin":true}', 400),
+    ("rejoin, no epsilon", b'{"msg_type":"init","num_workers":3,"rejoin":true}', 400),
+    ("rejoin other run", b'{"msg_type":"init","num_workers":2,"epsilon":0.5,"rejoin":true}', 400),
+    ("rejoin other eps", b'{"msg_type":"init","num_workers":3,"epsilon":0.4,"rejoin":true}', 400),
 ]
 
 
@@ -335,6 +367,8 @@ BAD_UPSTREAM: list[tuple[str, str, dict | bytes, int]] = [
     ("init missing", "/init/", {"num_workers": 2}, 400),
     ("init repeated", "/init/", b"num_workers=2&num_workers=3&epsilon=0", 400),
     ("apply JSON array", "/apply/", b"[]", 400),
+    ("init rejoin word", "/init/", {"num_workers": 3, "epsilon": 0.5, "rejoin": "maybe"}, 400),
+    ("init rejoin other run", "/init/", {"num_workers": 2, "epsilon": 0.5, "rejoin": 1}, 400),
 ]
 
 
@@ -509,8 +543,43 @@ def test_client_api(server: Server) -> None:
         with pytest.raises(StateServerError) as err:
             client.query(7, 1, 0.1, time.time())
         assert "400" in str(err.value) and "rank 7 out of range" in str(err.value)
+        assert err.value.status == 400 and not isinstance(err.value, StateServerNotInitialised)
         with pytest.raises(StateServerError, match="NaN is not a number"):
             client.report(0, 1, float("nan"), time.time())
+
+
+def test_client_rejoins_a_server_that_restarted(tmp_path: Path) -> None:
+    """409 is StateServerNotInitialised; rejoin initialises a fresh server once and then
+    keeps what the others re-registered; a server restarted in place (same port) has lost
+    its state again."""
+    srv = start_server("runserver", tmp_path)
+    try:
+        with StateClient(srv.url, retry_for=10) as a, StateClient(srv.url, retry_for=10) as b:
+            with pytest.raises(StateServerNotInitialised) as err:
+                a.query(0, 1, 0.1, time.time())
+            assert err.value.status == 409 and "not initialised" in str(err.value)
+            a.rejoin(2, 0.0)
+            a.reset(0, 3, time.time())
+            b.rejoin(2, 0.0)
+            status = b.status()
+            assert status["workers"][0]["round"] == 3 and status["recovering"] is True
+            with pytest.raises(StateServerError) as err:
+                b.rejoin(3, 0.0)
+            assert err.value.status == 400 and "rejoin refused" in str(err.value)
+            b.reset(1, 3, time.time())
+            assert b.status()["recovering"] is False
+            old_pid = srv.proc.pid
+            os.kill(old_pid, signal.SIGKILL)
+            srv.proc.popen.wait(10)
+            srv.cluster.restart(srv.proc)  # the same command: the same port
+            assert srv.proc.pid != old_pid and srv.proc.restarts == 1
+            with pytest.raises(StateServerNotInitialised):  # retried until it is back
+                a.reset(0, 4, time.time())
+            assert a.status()["initialized"] is False
+    finally:
+        srv.cluster.stop()
+    log = Path(srv.proc.log_path).read_text()
+    assert f"(pid {old_pid}) exited with code -9; restarted" in log
 
 
 def test_client_unreachable_names_url_and_duration() -> None:

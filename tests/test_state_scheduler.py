@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import heapq
 import random
 import subprocess
@@ -33,7 +34,8 @@ from StateServer.scheduler import (
 )
 
 # --- table-driven scenarios -----------------------------------------------------------
-# Steps: ("init", n, eps) | ("reset", rank, t, te, now) | ("report", rank, k, c, te, now)
+# Steps: ("init", n, eps) | ("rejoin", n, eps) | ("reset", rank, t, te, now)
+#        | ("report", rank, k, c, te, now)
 #        | ("query", rank, k, c, te, now, expected_action)
 #        | ("state", rank, field, expected_value) | ("round", expected_round)
 
@@ -224,6 +226,35 @@ SCENARIOS: dict[str, list[tuple]] = {
         ("query", 0, 5, 0.25, 101.25, 101.26, SYNC),  # rest 0.24 < 0.25
         ("query", 2, 1, 1.0, 101.5, 101.5, SYNC),
     ],
+    "after a restart a worker without a record may be at the barrier: k >= 1 syncs": [
+        ("rejoin", 3, 0.0),  # the server restarted; rank 2 was told sync by the lost one
+        ("reset", 0, 5, 10.0, 10.0),
+        ("query", 0, 0, 0.1, 10.0, 10.0, COMPUTE),  # k == 0 still computes
+        ("query", 0, 1, 0.1, 10.1, 10.1, SYNC),  # ranks 1, 2 have no record
+        ("reset", 1, 5, 10.0, 10.15),
+        ("query", 1, 1, 0.1, 10.2, 10.2, SYNC),  # rank 2 still has none
+        ("reset", 2, 6, 10.3, 10.3),  # the barrier is passed: rank 2 starts round 6
+        ("round", 6),
+        ("reset", 0, 6, 10.3, 10.3),
+        ("reset", 1, 6, 10.3, 10.3),
+        # every worker has a record again: Alg. 2 as in a new run (rank 2's c is unknown)
+        ("query", 0, 1, 0.1, 10.4, 10.4, COMPUTE),
+        ("report", 2, 0, 1.0, 10.3, 10.4),
+        ("query", 0, 2, 0.1, 10.5, 10.5, COMPUTE),  # rest 0.8 > 0.1
+        ("query", 0, 9, 0.1, 11.25, 11.25, SYNC),  # rest 0.05 < 0.1
+        ("query", 2, 1, 1.0, 11.3, 11.3, SYNC),
+    ],
+    "a plain init with a worker missing computes (it is not at a barrier yet)": [
+        ("init", 3, 0.0),
+        ("reset", 0, 5, 10.0, 10.0),
+        ("query", 0, 1, 0.1, 10.1, 10.1, COMPUTE),
+    ],
+    "a rejoin into a run that never restarted is not recovering": [
+        ("init", 3, 0.0),
+        ("report", 0, 1, 0.1, 10.0, 10.0),
+        ("rejoin", 3, 0.0),
+        ("query", 0, 2, 0.1, 10.1, 10.1, COMPUTE),  # ranks 1, 2 unknown: compute as before
+    ],
 }
 
 
@@ -235,6 +266,8 @@ def run_steps(steps: list[tuple]) -> Scheduler:
         where = f"step {i}: {step}"
         if op == "init":
             sched.init(*args)
+        elif op == "rejoin":
+            sched.rejoin(*args)
         elif op == "reset":
             sched.reset(*args)
         elif op == "report":
@@ -281,6 +314,63 @@ def test_init_forgets_the_previous_run() -> None:
     assert (sched.db.round, sched.db.records, sched.db.num_workers) == (0, {}, 3)
 
 
+def test_rejoin_on_an_empty_server_initialises_it() -> None:
+    sched = Scheduler()
+    assert sched.rejoin(3, 0.5) is True
+    db = sched.db
+    assert (db.initialized, db.num_workers, db.epsilon, db.round) == (True, 3, 0.5, 0)
+    assert db.records == {} and db.rejoined and db.recovering
+    sched.reset(2, 7, 10.0, 10.0)  # worker messages are accepted now
+    assert sched.db.round == 7 and sched.snapshot(10.0)["recovering"] is True
+
+
+def test_rejoin_with_the_same_parameters_keeps_every_record() -> None:
+    sched = run_steps(
+        [
+            ("init", 3, 0.5),
+            ("reset", 0, 4, 10.0, 10.0),
+            ("reset", 1, 4, 10.0, 10.0),
+            ("query", 0, 2, 0.1, 10.2, 10.2, COMPUTE),
+            ("query", 1, 1, 1.0, 11.0, 11.0, COMPUTE),  # rank 2 unknown
+        ]
+    )
+    before = copy.deepcopy(sched.db)
+    assert sched.rejoin(3, 0.5) is False
+    assert sched.db == before and sched.db.records[1].c == 1.0
+    assert not sched.db.rejoined  # initialised by a plain init: no recovery mode
+    # after a restart: the second worker to re-register keeps what the first one sent
+    sched = Scheduler()
+    assert sched.rejoin(3, 0.0) is True
+    sched.reset(0, 5, 9.0, 10.0)
+    sched.report(0, 2, 0.1, 10.2, 10.2)
+    assert sched.rejoin(3, 0.0) is False
+    sched.reset(1, 5, 9.0, 10.3)
+    assert sorted(sched.db.records) == [0, 1] and sched.db.round == 5
+    assert (sched.db.records[0].k, sched.db.records[0].c) == (2, 0.1)
+
+
+@pytest.mark.parametrize("num_workers,epsilon", [(2, 0.5), (4, 0.5), (3, 0.25)])
+def test_rejoin_with_other_parameters_is_a_400_and_changes_nothing(
+    num_workers: int, epsilon: float
+) -> None:
+    sched = run_steps([("init", 3, 0.5), ("reset", 1, 4, 10.0, 10.0)])
+    before = copy.deepcopy(sched.db)
+    with pytest.raises(SchedulerError, match="rejoin refused") as err:
+        sched.rejoin(num_workers, epsilon)
+    assert err.value.status == 400 and not isinstance(err.value, NotInitializedError)
+    assert f"num_workers {num_workers} and epsilon {epsilon!r}" in str(err.value)
+    assert sched.db == before
+
+
+def test_plain_init_still_forgets_after_a_rejoin() -> None:
+    sched = Scheduler()
+    sched.rejoin(2, 0.0)
+    sched.reset(0, 9, 1.0, 1.0)
+    sched.init(2, 0.0)
+    db = sched.db
+    assert (db.round, db.records, db.rejoined, db.recovering) == (0, {}, False, False)
+
+
 def test_snapshot_and_upstream_view() -> None:
     sched = run_steps(
         [("init", 2, 0.5), ("reset", 1, 1, 10.0, 10.0), ("report", 1, 3, 0.2, 10.6, 11.0)]
@@ -294,6 +384,7 @@ def test_snapshot_and_upstream_view() -> None:
         "c": 0.2,
         "te": 10.6,
         "ready": False,
+        "told": False,
         "last_seen": 11.0,
         "reported": True,
     }
@@ -310,34 +401,59 @@ def test_snapshot_and_upstream_view() -> None:
 
 
 def simulate(
-    caps: list[float], eps: float, rounds: int, start_lag: list[float], reset_lag: float, seed: int
+    caps: list[float],
+    eps: float,
+    rounds: int,
+    start_lag: list[float],
+    reset_lag: float,
+    seed: int,
+    restarts: tuple[float, ...] = (),
 ) -> list[list[int]]:
     """Discrete-event run of ESync workers; returns the k of every worker in every round.
 
     A worker queries before each batch; ``compute`` costs it ``caps[r]`` seconds, ``sync``
     sends it to a barrier; when all are there, each resets into the next round after a
     random lag. Fails if the run needs absurdly many events (a livelock).
+
+    At each time in ``restarts`` the server loses its state (a new Scheduler); a worker
+    whose message is refused as not initialised re-registers as the ESync strategy does
+    (rejoin, reset into its round with the round's start time) and repeats the message.
     """
     rng = random.Random(seed)
     n = len(caps)
     sched = Scheduler()
     sched.init(n, eps)
     k, c_known, te = [0] * n, [0.0] * n, [0.0] * n
+    round_of, round_start = [0] * n, [0.0] * n
+    pending = sorted(restarts)
     arrivals: dict[int, float] = {}
     per_round: list[list[int]] = []
     events = [(start_lag[r], r, "reset", 1) for r in range(n)]
     heapq.heapify(events)
     budget = 200 * rounds * n
+
+    def call(method: str, r: int, now: float, *args: object) -> object:
+        try:
+            return getattr(sched, method)(*args, now)
+        except NotInitializedError:
+            sched.rejoin(n, eps)
+            sched.reset(r, round_of[r], round_start[r], now)
+            return getattr(sched, method)(*args, now)
+
     while events and len(per_round) < rounds:
         budget -= 1
         assert budget > 0, f"livelock: rounds done {per_round}"
         now, r, kind, t = heapq.heappop(events)
+        if pending and now >= pending[0]:
+            pending.pop(0)
+            sched = Scheduler()
         if kind == "reset":
-            sched.reset(r, t, now, now)
+            round_of[r], round_start[r] = t, now
+            call("reset", r, now, r, t, now)
             k[r], te[r] = 0, now
             heapq.heappush(events, (now, r, "query", t))
             continue
-        if sched.query(r, k[r], c_known[r], te[r], now) == COMPUTE:
+        if call("query", r, now, r, k[r], c_known[r], te[r]) == COMPUTE:
             k[r] += 1
             c_known[r] = caps[r]
             te[r] = now + caps[r]
@@ -379,11 +495,32 @@ def test_runs_never_deadlock_and_the_slowest_does_one_iteration(
                     assert rnd[r] <= slow / cap + 2, (seed, ks)
 
 
+@pytest.mark.parametrize(
+    "caps,eps",
+    [([0.01, 0.02, 0.05], 0.0), ([0.01, 0.05, 0.05], 0.0), ([0.002, 0.01, 0.011, 0.3], 0.005)],
+)
+def test_runs_survive_server_restarts(caps: list[float], eps: float) -> None:
+    """The server loses its state at many instants (some while workers wait at the
+    barrier): every run still ends all its rounds, and Alg. 2 is back to normal after."""
+    slow = max(caps)
+    for seed in range(8):
+        rng = random.Random(seed)
+        restarts = tuple(sorted(rng.uniform(0.2, 1.0) * slow * 30 for _ in range(3)))
+        lag = [rng.uniform(0, 0.05) for _ in caps]
+        ks = simulate(caps, eps, 40, lag, 0.004, seed, restarts=restarts)
+        assert all(k >= 1 for rnd in ks for k in rnd)
+        for rnd in ks[-3:]:  # the last rounds: a few after the last restart
+            for r, cap in enumerate(caps):
+                assert rnd[r] == 1 if cap == slow else rnd[r] <= slow / cap + 2, (seed, ks)
+
+
 # --- message parsing ------------------------------------------------------------------
 
 VALID = [
     ({"msg_type": "reset", "num_workers": 3, "epsilon": 0.5}, InitMsg(3, 0.5)),
     ({"msg_type": "init", "num_workers": 3, "epsilon": 0}, InitMsg(3, 0.0)),
+    ({"msg_type": "init", "num_workers": 3, "epsilon": 0, "rejoin": True}, InitMsg(3, 0.0, True)),
+    ({"msg_type": "reset", "num_workers": 2, "epsilon": 0.5, "rejoin": False}, InitMsg(2, 0.5)),
     ({"msg_type": "reset", "rank": 1, "t": 2, "te": 1.5}, ResetMsg(1, 2, 1.5)),
     ({"msg_type": "report", "rank": 0, "k": 0, "c": 0, "te": 0}, ReportMsg(0, 0, 0.0, 0.0)),
     ({"msg_type": "query", "rank": 2, "k": 4, "c": 0.01, "te": 1.7e9}, QueryMsg(2, 4, 0.01, 1.7e9)),
@@ -419,6 +556,12 @@ INVALID = [
     ({"msg_type": "reset", "num_workers": 0, "epsilon": 0}, "'num_workers' must be in"),
     ({"msg_type": "reset", "num_workers": 2, "epsilon": -1}, "'epsilon' must be in"),
     ({"msg_type": "reset", "rank": 0, "t": -1, "te": 1}, "'t' must be in"),
+    ({"msg_type": "init", "num_workers": 2, "epsilon": 0, "rejoin": 1}, "'rejoin' must be true"),
+    ({"msg_type": "init", "num_workers": 2, "epsilon": 0, "rejoin": "true"}, "'rejoin' must be"),
+    ({"msg_type": "init", "num_workers": 2, "epsilon": 0, "rejoin": None}, "'rejoin' must be"),
+    ({"msg_type": "init", "rejoin": True}, "init message: missing field(s) 'num_workers'"),
+    ({"msg_type": "reset", "rank": 0, "t": 1, "te": 1, "rejoin": True}, "unexpected field(s) 're"),
+    ({"msg_type": "query", "rank": 0, "k": 1, "c": 0.1, "te": 1, "rejoin": True}, "unexpected"),
 ]
 
 
@@ -454,6 +597,15 @@ def test_parse_fields_upstream_forms() -> None:
         1, 2, 0.5, 3.0
     )
     assert parse_fields("init", {"num_workers": "4", "epsilon": "0.5"}) == InitMsg(4, 0.5)
+    for value, rejoin in [("true", True), ("1", True), (" False ", False), ("0", False)]:
+        init = {"num_workers": "4", "epsilon": "0.5", "rejoin": value}
+        assert parse_fields("init", init) == InitMsg(4, 0.5, rejoin)
+    for value in (True, 1, 0):  # an upstream JSON body
+        init = {"num_workers": 4, "epsilon": 0.5, "rejoin": value}
+        assert parse_fields("init", init) == InitMsg(4, 0.5, bool(value))
+    for value in ("yes", "", 2, None):
+        with pytest.raises(MessageError, match="'rejoin' must be true or false"):
+            parse_fields("init", {"num_workers": "4", "epsilon": "0.5", "rejoin": value})
     assert parse_fields("reset", {"r": 0, "t": 2, "te": 1.0}) == ResetMsg(0, 2, 1.0)
     for fields, needle in [
         ({"r": "x", "k": "2", "c": "0.5", "te": "3"}, "'rank' must be an int"),
@@ -497,12 +649,28 @@ def test_parse_ack() -> None:
 
 @pytest.mark.parametrize(
     "msg",
-    [InitMsg(3, 0.5), ResetMsg(1, 2, 3.0), ReportMsg(0, 4, 0.1, 5.0), QueryMsg(2, 1, 0.2, 6.0)],
+    [
+        InitMsg(3, 0.5),
+        InitMsg(3, 0.5, rejoin=True),
+        ResetMsg(1, 2, 3.0),
+        ReportMsg(0, 4, 0.1, 5.0),
+        QueryMsg(2, 1, 0.2, 6.0),
+    ],
 )
 def test_message_to_dict_round_trip(msg: object) -> None:
     wire = message_to_dict(msg)
     assert next(iter(wire)) == "msg_type"
     assert parse_message(wire) == msg
+
+
+def test_a_plain_init_is_sent_as_upstream_sends_it() -> None:
+    """``rejoin`` goes on the wire only when true: a plain init stays the upstream message."""
+    assert message_to_dict(InitMsg(3, 0.5)) == {
+        "msg_type": "reset",
+        "num_workers": 3,
+        "epsilon": 0.5,
+    }
+    assert message_to_dict(InitMsg(3, 0.5, rejoin=True))["rejoin"] is True
 
 
 def test_core_does_not_import_django() -> None:

@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 
 from trainer import aggregate, registry
+from trainer.federated import ESyncNova, ESyncProx, FedAsync, FedAsyncMixer, FedAvg
 from trainer.modes import ASGD, DCASGD, SSGD, ESync, Standalone
 from trainer.records import RoundStats
 from trainer.strategy import Model, Progress
@@ -236,5 +237,167 @@ def test_dcasgd_server_compensates_the_delay() -> None:
 def test_every_registered_mode_has_a_known_answer_test_here(name: str) -> None:
     """A new mode must come with its hand-computed update test in this module."""
     cls = registry.get(name).load()
-    tested = {Standalone, SSGD, ESync, ASGD, DCASGD}
+    tested = {Standalone, SSGD, ESync, ASGD, DCASGD, FedAvg, ESyncProx, ESyncNova, FedAsync}
     assert cls in tested, f"add a known-answer test of {cls.__name__} to this module"
+
+
+# --- trainer/federated.py: the journal paper's baselines and ESync variants ------------------
+
+OTHER_DELTA = [np.array([[0.5, 0.5], [-1.0, 0.0]]), np.array([2.0, -2.0])]
+OTHER_AUX = np.array([5.0, 7.0])
+
+
+def _prox_steps(lr: float, mu: float, grads_seq) -> list[np.ndarray]:
+    """Local steps w -= lr * (g / B + mu * (w - W0)) from W0, by hand."""
+    replica = [w.copy() for w in W0]
+    for grads in grads_seq:
+        replica = [
+            w - lr * (g / BATCH + mu * (w - w0))
+            for w, g, w0 in zip(replica, grads, W0, strict=True)
+        ]
+    return replica
+
+
+def _local_steps(mode, model: Model, grads_seq) -> None:
+    for grads in grads_seq:
+        set_grads(model, grads)
+        mode.local_update(model)
+
+
+def test_prox_sgd_step_adds_mu_times_the_distance_to_the_anchor() -> None:
+    model, anchor = make_model(), [mx.nd.array(w) - 1.0 for w in W0]
+    set_grads(model, G1)
+    aggregate.prox_sgd_step(model.params, model.grads, anchor, 0.5, 1.0 / BATCH, 0.1)
+    want = [w - 0.5 * (g / BATCH + 0.1 * 1.0) for w, g in zip(W0, G1, strict=True)]
+    assert_close(params(model), want)
+
+
+@pytest.mark.parametrize("mu", [0.0, 0.3])
+def test_fedavg_averages_the_local_models_after_e_steps(mu: float) -> None:
+    others = _other_worker({0: OTHER_DELTA[0], 1: OTHER_DELTA[1], 2: OTHER_AUX, 3: np.zeros(1)})
+    mode, model = FedAvg(0.2, BATCH, local_steps=2, mu=mu), make_model()
+    mode.setup(model, SumStore(2, others))
+    assert [mode.should_sync(Progress(k=k), RoundStats()) for k in (0, 1, 2)] == [0, 0, 1]
+    _local_steps(mode, model, (G1, G2))
+    replica = _prox_steps(0.2, mu, (G1, G2))  # mu = 0: plain SGD
+    assert_close(params(model), replica)
+    stop = mode.synchronise(model, RoundStats(), stop=False)
+    # w + (Δ_mine + Δ_other) / 2 = the mean of the two local models
+    want = [w + ((r - w) + d) / 2 for w, r, d in zip(W0, replica, OTHER_DELTA, strict=True)]
+    assert_close(params(model), want)
+    assert_close([g.asnumpy() for g in mode.global_params], want)
+    assert_close([model.aux[0].asnumpy()], [(AUX0[0] + OTHER_AUX) / 2])
+    assert stop is False and mode.describe() == {"local_steps": 2, "mu": mu}
+
+
+def _esync_variant(cls, others, global_lr: float):
+    mode, model = cls(0.2, BATCH, global_lr, FakeClient(), epsilon=0.0), make_model()
+    mode.setup(model, SumStore(2, others))
+    return mode, model
+
+
+def test_esync_prox_local_steps_are_pulled_toward_the_global_weights() -> None:
+    others = _other_worker({0: OTHER_DELTA[0], 1: OTHER_DELTA[1], 2: OTHER_AUX, 3: np.ones(1)})
+    mode, model = _esync_variant(ESyncProx, others, global_lr=0.5)
+    mode.mu = 0.3
+    _local_steps(mode, model, (G1, G2, G1))
+    replica = _prox_steps(0.2, 0.3, (G1, G2, G1))
+    assert not np.allclose(replica[0], _prox_steps(0.2, 0.0, (G1, G2, G1))[0])
+    assert_close(params(model), replica)
+    stop = mode.synchronise(model, RoundStats(), stop=False)
+    mine = [r - w for r, w in zip(replica, W0, strict=True)]
+    want = [w + 0.5 * (d1 + d2) / 2 for w, d1, d2 in zip(W0, mine, OTHER_DELTA, strict=True)]
+    assert_close(params(model), want)
+    assert stop is True  # the other worker voted to stop
+
+
+def test_esync_nova_steps_by_the_mean_direction_times_the_mean_local_steps() -> None:
+    other_dir, other_k = [d / 5 for d in OTHER_DELTA], np.array([5.0])  # 5 steps on the other
+    # keys: 0, 1 weights; 2 BatchNorm; 3 stop flag; 4 the local-step count k_i
+    values = {0: other_dir[0], 1: other_dir[1], 2: OTHER_AUX, 3: np.zeros(1), 4: other_k}
+    mode, model = _esync_variant(ESyncNova, _other_worker(values), global_lr=0.5)
+    _local_steps(mode, model, (G1, G2))  # k = 2 here
+    replica = _prox_steps(0.2, 0.0, (G1, G2))
+    stats = RoundStats()
+    stop = mode.synchronise(model, stats, stop=False)
+    mine = [(r - w) / 2 for r, w in zip(replica, W0, strict=True)]
+    mean_k = (2 + 5) / 2
+    want = [w + 0.5 * (d1 + d2) / 2 * mean_k for w, d1, d2 in zip(W0, mine, other_dir, strict=True)]
+    assert_close(params(model), want)
+    assert_close([g.asnumpy() for g in mode.global_params], want)
+    assert_close([model.aux[0].asnumpy()], [(AUX0[0] + OTHER_AUX) / 2])
+    assert stop is False and stats.bytes_pushed == 4 * (4 + 2 + 1 + 2 + 1)
+    # the count restarts: a round of one step sends k = 1
+    _local_steps(mode, model, (G1,))
+    mode.synchronise(model, RoundStats(), stop=False)
+    assert mode.sums[2].asscalar() == 1.0 + 5.0
+
+
+def test_esync_nova_equals_esync_when_every_worker_did_the_same_steps() -> None:
+    values = {0: OTHER_DELTA[0] / 3, 1: OTHER_DELTA[1] / 3, 2: AUX0[0], 3: np.zeros(1)}
+    nova, nova_model = _esync_variant(ESyncNova, _other_worker({**values, 4: np.ones(1) * 3}), 0.5)
+    plain_values = {0: OTHER_DELTA[0], 1: OTHER_DELTA[1], 2: AUX0[0], 3: np.zeros(1)}
+    plain, plain_model = _esync_variant(ESync, _other_worker(plain_values), 0.5)
+    for mode, model in ((nova, nova_model), (plain, plain_model)):
+        _local_steps(mode, model, (G1, G2, G1))
+        mode.synchronise(model, RoundStats(), stop=False)
+    assert_close(params(nova_model), params(plain_model))
+
+
+@pytest.mark.parametrize(
+    ("kind", "a", "b", "by_staleness"),
+    [
+        ("constant", 0.5, 4.0, {0: 1.0, 1: 1.0, 3: 1.0, 10: 1.0}),
+        ("polynomial", 0.5, 4.0, {0: 1.0, 1: 2**-0.5, 3: 0.5, 8: 1 / 3}),
+        ("polynomial", 1.0, 4.0, {0: 1.0, 1: 0.5, 3: 0.25}),
+        ("hinge", 0.5, 2.0, {0: 1.0, 2: 1.0, 3: 1 / 1.5, 6: 1 / 3}),
+        ("hinge", 2.0, 0.0, {0: 1.0, 1: 1 / 3, 2: 1 / 5}),
+    ],
+)
+def test_staleness_functions_match_fedasync_paper(kind, a, b, by_staleness) -> None:
+    for t, want in by_staleness.items():
+        assert aggregate.staleness_weight(kind, t, a, b) == pytest.approx(want, rel=1e-12)
+
+
+def _server_push(kv: ServerStore, weights: list[np.ndarray], version: int) -> None:
+    """What another FedAsync worker's push looks like: flattened weights + its pulled version."""
+    kv.push(range(len(weights)), [mx.nd.array(np.append(w.ravel(), version)) for w in weights])
+
+
+@pytest.mark.parametrize(
+    ("kind", "a", "b", "s3"),
+    [("constant", 0.5, 4.0, 1.0), ("polynomial", 0.5, 4.0, 0.5)]
+    + [("hinge", 0.5, 2.0, 1 / 1.5), ("hinge", 0.5, 3.0, 1.0)],
+)
+def test_fedasync_server_mixes_by_alpha_times_staleness_weight(kind, a, b, s3) -> None:
+    kv, alpha = ServerStore(1), 0.6
+    mode, model = FedAsync(0.2, BATCH, 2, alpha, kind, a, b), make_model()
+    mode.setup(model, kv)
+    assert type(kv.optimizer) is FedAsyncMixer and mode.describe()["server_optimizer"] == (
+        "FedAsyncMixer"
+    )
+    arrays = W0 + AUX0  # weights and BatchNorm statistics are keys 0, 1, 2
+    # round 1: nobody else pushed, staleness 0, a_t = alpha
+    _local_steps(mode, model, (G1, G2))
+    x1 = _prox_steps(0.2, 0.0, (G1, G2)) + AUX0
+    mode.synchronise(model, RoundStats(), stop=False)
+    server = [(1 - alpha) * w + alpha * x for w, x in zip(arrays, x1, strict=True)]
+    assert_close(params(model), server[:2])
+    assert mode.version() == 1
+    assert kv.optimizer.last[0] == (0, pytest.approx(alpha))
+    # three other pushes (pulled at version 1: staleness 0, 1, 2 when they arrive)
+    other = [np.full(w.shape, 2.0) for w in arrays]
+    for t in range(3):
+        a_t = alpha * aggregate.staleness_weight(kind, t, a, b)
+        server = [(1 - a_t) * s + a_t * o for s, o in zip(server, other, strict=True)]
+        _server_push(kv, other, version=1)
+    # round 2: this worker pulled version 1, the server is at 4: staleness 3
+    pulled = params(model) + [model.aux[0].asnumpy()]  # BatchNorm stats: as pulled
+    _local_steps(mode, model, (G1,))
+    x2 = [w - 0.2 * g / BATCH for w, g in zip(pulled[:2], G1, strict=True)] + pulled[2:]
+    mode.synchronise(model, RoundStats(), stop=False)
+    a_t = alpha * s3
+    server = [(1 - a_t) * s + a_t * x for s, x in zip(server, x2, strict=True)]
+    assert kv.optimizer.last[0] == (3, pytest.approx(a_t))
+    assert_close(params(model) + [model.aux[0].asnumpy()], server)
+    assert mode.version() == 5 and kv.pushes == 5

@@ -48,3 +48,75 @@ def copy_into(targets: Arrays, sources: Arrays) -> None:
 def stop_vote(total: float) -> bool:
     """A summed stop flag: the run stops when any worker asked to."""
     return bool(total > 0)
+
+
+# --- the journal paper's federated baselines and ESync variants (trainer/federated.py) -------
+
+
+def prox_sgd_step(
+    weights: Arrays, grads: Arrays, anchors: Arrays, lr: float, rescale: float, mu: float
+) -> None:
+    """FedProx's local step in place: w -= lr * (rescale * g + mu * (w - anchor)), the gradient
+    of f(w) + mu/2 * ||w - anchor||^2 with the anchor the round's global weights (mu 0: SGD)."""
+    if mu == 0.0:
+        sgd_step(weights, grads, lr, rescale)
+        return
+    for w, g, anchor in zip(weights, grads, anchors, strict=True):
+        w -= lr * (g * rescale + (w - anchor) * mu)
+
+
+def nova_directions(replica: Arrays, reference: Arrays, steps: int) -> list[mx.nd.NDArray]:
+    """FedNova's normalised update of one worker: d = (replica - reference) / k, one new array
+    per weight (k = its local SGD steps this round; k = 0 gives d = 0)."""
+    scale = 1.0 / steps if steps > 0 else 0.0
+    return [(w - g) * scale for w, g in zip(replica, reference, strict=True)]
+
+
+def nova_global_step(
+    global_params: Arrays,
+    direction_sums: Arrays,
+    steps_sum: float,
+    global_lr: float,
+    num_workers: int,
+) -> None:
+    """FedNova's global step with equal shares p_i = 1/p, in place:
+    w += global_lr * (sum_i p_i d_i) * (sum_i p_i k_i) = global_lr * (sum d / p) * (sum k / p)."""
+    scale = global_lr * (steps_sum / num_workers) / num_workers
+    for g, total in zip(global_params, direction_sums, strict=True):
+        g += total * scale
+
+
+STALENESS_FUNCTIONS = ("constant", "polynomial", "hinge")
+
+
+def staleness_weight(kind: str, staleness: float, a: float, b: float) -> float:
+    """FedAsync's s(t) (Xie et al. 2019, Sec. 5.2): constant 1; polynomial (t + 1)^-a;
+    hinge 1 if t <= b else 1 / (a (t - b) + 1)."""
+    if staleness < 0:
+        raise ValueError(f"staleness must be >= 0, got {staleness}")
+    if kind == "constant":
+        return 1.0
+    if kind == "polynomial":
+        return float((staleness + 1.0) ** -a)
+    if kind == "hinge":
+        return 1.0 if staleness <= b else 1.0 / (a * (staleness - b) + 1.0)
+    raise ValueError(f"unknown staleness function {kind!r} (choose from {STALENESS_FUNCTIONS})")
+
+
+def fedasync_mix(
+    stored: mx.nd.NDArray, pushed: mx.nd.NDArray, alpha: float, kind: str, a: float, b: float
+) -> tuple[int, float]:
+    """FedAsync's server update of one key, in place; returns (staleness, a_t).
+
+    Both arrays are a flattened weight followed by one version element: ``stored`` ends with
+    the number of updates the server applied to this key, ``pushed`` with the version the
+    worker pulled before training. staleness t = stored version - pushed version,
+    a_t = alpha * s(t), x <- (1 - a_t) x + a_t x_new, and the stored version grows by one.
+    """
+    n = stored.size - 1
+    version = int(stored[n:].asscalar())
+    staleness = max(0, version - int(pushed[n:].asscalar()))
+    a_t = alpha * staleness_weight(kind, staleness, a, b)
+    stored[0:n] = stored[0:n] * (1.0 - a_t) + pushed[0:n] * a_t
+    stored[n:] = version + 1
+    return staleness, a_t

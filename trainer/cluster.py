@@ -7,6 +7,8 @@ import sys
 import threading
 from collections.abc import Mapping
 
+import config
+
 ROLES = ("scheduler", "server", "worker")
 
 
@@ -64,22 +66,47 @@ def check_dmlc_env(env: Mapping[str, str] = os.environ) -> dict[str, object]:
     return values
 
 
-def run_scheduler_or_server(role: str) -> None:
-    """Run the ps-lite scheduler or the parameter server; returns when training ends.
+def run_scheduler_or_server(role: str, failure_timeout: float = config.FAILURE_TIMEOUT_S) -> int:
+    """Run the ps-lite scheduler or the parameter server until training ends; the exit code.
 
-    MXNet starts both from inside ``import mxnet`` when DMLC_ROLE is not ``worker`` and calls
-    ``sys.exit()`` once every worker has finished, so this import never returns normally.
+    MXNet would start both from inside ``import mxnet`` (``_init_kvstore_server_module``) and
+    ``sys.exit()`` there, leaving no room for a watchdog. So MXNet is imported with
+    ``DMLC_ROLE=worker`` (ps-lite reads the variable with ``getenv`` each time it asks, and
+    nothing starts at import for a worker), the real role is restored, and the same steps are
+    done here: create the ``dist`` store (which does not start ps-lite for these roles),
+    start the failure watchdog on its handle, and serve until every worker has finished.
     """
+    from trainer import watchdog
+
     check_dmlc_env()
+    watchdog.configure_heartbeats(failure_timeout)
     print(
         f"[{role}] starting MXNet {role} for {os.environ['DMLC_NUM_WORKER']} workers at "
-        f"{os.environ['DMLC_PS_ROOT_URI']}:{os.environ['DMLC_PS_ROOT_PORT']}",
+        f"{os.environ['DMLC_PS_ROOT_URI']}:{os.environ['DMLC_PS_ROOT_PORT']} "
+        f"(--failure-timeout {failure_timeout:g} s)",
         flush=True,
     )
-    import mxnet  # noqa: F401  (runs the role and exits)
+    mx = _import_mxnet_without_serving(role)
+    from mxnet.kvstore.kvstore_server import KVStoreServer
 
-    print(f"[{role}] MXNet returned without serving; is DMLC_ROLE exported?", file=sys.stderr)
-    sys.exit(1)
+    kv = mx.kv.create("dist")
+    guard = watchdog.watch_ps_node(role, kv.handle, failure_timeout)
+    KVStoreServer(kv).run()  # returns once every node has passed ps-lite's final barrier
+    guard.stop()
+    print(f"[{role}] training ended; exiting", flush=True)
+    return 0
+
+
+def _import_mxnet_without_serving(role: str):
+    """``import mxnet`` in a scheduler / server process without running the role inside it."""
+    if "mxnet" in sys.modules:
+        raise ClusterConfigError(f"MXNet was imported before the {role} could be set up")
+    os.environ["DMLC_ROLE"] = "worker"
+    try:
+        import mxnet
+    finally:
+        os.environ["DMLC_ROLE"] = role
+    return mxnet
 
 
 class JoinWatchdog:
@@ -117,8 +144,10 @@ class JoinWatchdog:
 
 
 def create_kvstore(kv_type: str):
-    """Create a distributed KVStore (call inside a JoinWatchdog)."""
+    """Create a distributed KVStore (call inside a JoinWatchdog), watched for dead nodes."""
     import mxnet as mx
+
+    from trainer.watchdog import watch_worker_kvstore
 
     kv = mx.kv.create(kv_type)
     expected = int(os.environ["DMLC_NUM_WORKER"])
@@ -126,4 +155,5 @@ def create_kvstore(kv_type: str):
         raise ClusterConfigError(
             f"KVStore reports {kv.num_workers} workers but DMLC_NUM_WORKER={expected}"
         )
+    watch_worker_kvstore(kv)  # exits this process when a node dies (trainer/watchdog.py)
     return kv

@@ -1,7 +1,10 @@
 """The run folder layout, written and parsed here only (format: docs/log-format.md).
 
-    <log_dir>/<network>/<mode-dir>/<host>/<device>-rank<r>/meta.json, rounds.jsonl
+    <log_dir>/<network>/<mode-dir>/<host>/<device>-rank<r>/meta.json, rounds.jsonl, events.*
     <log_dir>/<network>/<mode-dir>/summary.json
+    <log_dir>/<network>/<mode-dir>/model.params, model.json           (the final model)
+    <log_dir>/<network>/<mode-dir>/checkpoints/round-<N>.params, .json   (rank 0)
+    <log_dir>/<network>/<mode-dir>/checkpoints/round-<N>.rank<r>.json    (every worker)
     <log_dir>/processes/<network>/<mode-dir>/<process>.log, pids.json
 
 ``<mode-dir>`` is the mode's registry name, with ``-niid`` appended for the split-by-class
@@ -21,6 +24,11 @@ ROUNDS_NAME = "rounds.jsonl"
 SUMMARY_NAME = "summary.json"
 PIDS_NAME = "pids.json"
 PROCESSES_DIR = "processes"
+TENSORBOARD_GLOB = "events.out.tfevents.*"  # tensorboardX's event files in a worker folder
+MODEL_PARAMS = "model.params"
+MODEL_INFO = "model.json"
+CHECKPOINTS_DIR = "checkpoints"
+_CHECKPOINT_RE = re.compile(r"^round-(?P<round>\d{8})\.json$")
 SPLITS = ("iid", "niid")
 _NIID_SUFFIX = "-niid"
 _WORKER_RE = re.compile(r"^(?P<device>.+)-rank(?P<rank>\d+)$")
@@ -67,6 +75,31 @@ def worker_dir(
 def process_dir(log_dir: str | os.PathLike[str], network: str, mode_dir_: str) -> Path:
     """``<log_dir>/processes/<network>/<mode-dir>``: one log file per process, pids.json."""
     return Path(log_dir) / PROCESSES_DIR / network / mode_dir_
+
+
+def checkpoint_dir(mode_dir_path: str | os.PathLike[str]) -> Path:
+    """``<mode-dir>/checkpoints``."""
+    return Path(mode_dir_path) / CHECKPOINTS_DIR
+
+
+def checkpoint_files(folder: str | os.PathLike[str], round_no: int) -> tuple[Path, Path]:
+    """(parameters, description) of the checkpoint after round ``round_no``."""
+    stem = Path(folder) / f"round-{round_no:08d}"
+    return stem.with_suffix(".params"), stem.with_suffix(".json")
+
+
+def worker_state_file(folder: str | os.PathLike[str], round_no: int, rank: int) -> Path:
+    """One worker's own part of a checkpoint (its data order position, its clock)."""
+    return Path(folder) / f"round-{round_no:08d}.rank{rank}.json"
+
+
+def checkpoint_rounds(folder: str | os.PathLike[str]) -> list[int]:
+    """Rounds of the checkpoints in ``folder`` (by their description file), oldest first."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        return []
+    found = (_CHECKPOINT_RE.match(p.name) for p in folder.iterdir())
+    return sorted(int(m["round"]) for m in found if m)
 
 
 @dataclass(frozen=True)

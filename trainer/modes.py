@@ -104,22 +104,68 @@ class SSGD(_Summing):
 
 
 class ESync(_Summing):
-    """ESync (paper Alg. 1): local SGD on a replica until the State Server says sync."""
+    """ESync (paper Alg. 1): local SGD on a replica until the State Server says sync.
+
+    ``protocol`` "blocking" asks the State Server after every local iteration (Alg. 2 as
+    written); "nonblocking" hands the progress to a :class:`ProgressChannel` and reads the
+    server's delayed answer from a flag (docs/state-server.md, "Non-blocking protocol"),
+    asking the blocking way only while the channel is in trouble. ``fill_last_batch``: when
+    the server says sync while the slowest worker is still computing, compute one smaller
+    batch sized to the time left first (beyond the paper; see :meth:`next_batch_size`).
+
+    The State Server is soft state: when it answers "not initialised" (it restarted), this
+    worker re-registers (a rejoin init, then a reset into its current round) and repeats the
+    request; the round's record counts it in ``state_rejoins``.
+    """
+
+    MAX_REJOINS_PER_CALL = 2  # a server that restarts again during the re-registration
 
     def __init__(
-        self, lr: float, batch_size: int, global_lr: float, client: StateClient, epsilon: float
+        self,
+        lr: float,
+        batch_size: int,
+        global_lr: float,
+        client: StateClient,
+        epsilon: float,
+        protocol: str = "blocking",
+        fill_last_batch: bool = False,
     ) -> None:
+        import config
+
         super().__init__(lr, batch_size)
+        if protocol not in ("blocking", "nonblocking"):
+            raise ValueError(f"state protocol must be blocking or nonblocking, got {protocol!r}")
         self.global_lr = global_lr
         self.client = client
         self.epsilon = epsilon
+        self.protocol = protocol
+        self.fill_last_batch = bool(fill_last_batch)
+        self.min_partial = min(batch_size, max(config.FILL_MIN_SAMPLES, -(-batch_size // 8)))
+        self.channel = None  # nonblocking: a ProgressChannel, created by setup()
+        self.round_no = 1  # the round this worker is in, and when it started it (Unix time)
+        self.round_te = time.time()
+        self.current_batch_size = batch_size  # samples of the batch being computed
+        self._finish_at: float | None = None  # monotonic time the slowest should finish
+        self._last_batch = 0  # > 0: the size of the smaller batch computed before syncing
+        self._c = 0.0  # the newest capability (seconds per full batch)
 
     @classmethod
     def from_args(cls, args: argparse.Namespace) -> ESync:
         from trainer.state_client import StateClient
 
         client = StateClient(f"http://{args.ip}:{args.port}", retry_for=args.state_retry)
-        return cls(args.local_lr, args.batch_size, args.global_lr, client, args.epsilon)
+        return cls(
+            args.local_lr,
+            args.batch_size,
+            args.global_lr,
+            client,
+            args.epsilon,
+            protocol=args.state_protocol,
+            fill_last_batch=bool(args.fill_last_batch),
+        )
+
+    def describe(self) -> dict[str, object]:
+        return {"state_protocol": self.protocol, "fill_last_batch": int(self.fill_last_batch)}
 
     def setup(self, model: Model, kv: mx.kv.KVStore | None) -> None:
         assert kv is not None
@@ -127,17 +173,44 @@ class ESync(_Summing):
             self.client.init(kv.num_workers, self.epsilon)
         super().setup(model, kv)
         self.global_params = [w.copy() for w in model.params]
+        if self.protocol == "nonblocking" and self.channel is None:
+            from trainer.state_client import ProgressChannel
+
+            self.channel = ProgressChannel(self.client.clone(), self.rank)
+            self.client.close()  # reopened only to ask the blocking way (fallback, rejoin)
+        self.round_no, self.round_te = 1, time.time()  # round 1 starts now
 
     def should_sync(self, progress: Progress, stats: RoundStats) -> bool:
         if progress.k == 0:  # Alg. 2 answers compute for k == 0; skip the round trip
             return False
         started = time.perf_counter()
-        action = self.client.query(self.rank, progress.k, progress.c, progress.te)
+        self._c = progress.c
+        if self._last_batch:
+            sync = True  # the smaller last batch is done; the server said sync before it
+        elif self.channel is None:
+            sync = self._ask(stats, progress)
+        else:
+            sync = self._check_channel(stats, progress)
+        if sync and self.fill_last_batch and not self._last_batch:
+            self._last_batch = self._fill_size(progress)
+            sync = not self._last_batch
+        if self.channel is not None:
+            self.channel.post(progress.k, progress.c, progress.te, final=sync)
         stats.query_s += time.perf_counter() - started
-        return action == "sync"
+        return sync
+
+    def next_batch_size(self, progress: Progress) -> int:
+        """The full batch, except the smaller last batch of ``--fill-last-batch``: when the
+        server says sync while the slowest worker still computes, the samples that fit in
+        the time left (``batch_size * (left - epsilon) / c``), rounded down to a multiple of
+        ``min_partial`` (max(8, batch_size / 8): few distinct shapes for the engine); none
+        when fewer than ``min_partial`` fit."""
+        self.current_batch_size = self._last_batch or self.batch_size
+        return self.current_batch_size
 
     def local_update(self, model: Model) -> None:
-        aggregate.sgd_step(model.params, model.grads, self.lr, 1.0 / self.batch_size)
+        # The mean gradient of the batch just computed (a smaller last one too).
+        aggregate.sgd_step(model.params, model.grads, self.lr, 1.0 / self.current_batch_size)
 
     def synchronise(self, model: Model, stats: RoundStats, stop: bool) -> bool:
         deltas = aggregate.deltas(model.params, self.global_params)
@@ -152,8 +225,75 @@ class ESync(_Summing):
     def begin_round(self, round_no: int, stats: RoundStats) -> None:
         """Tell the State Server this worker starts ``round_no`` now (its te)."""
         started = time.perf_counter()
-        self.client.reset(self.rank, round_no, time.time())
+        self.round_no, self.round_te = round_no, time.time()
+        self._finish_at, self._last_batch = None, 0
+        if self.channel is not None:
+            self.channel.begin_round(round_no, self.round_te, self._c)
+        else:
+            self._call(stats, "reset", self.rank, round_no, self.round_te)
         stats.query_s += time.perf_counter() - started
+
+    def close(self) -> None:
+        """Stop the non-blocking channel's thread (the loop's end; idempotent)."""
+        if self.channel is not None:
+            self.channel.close()
+
+    def _ask(self, stats: RoundStats, progress: Progress) -> bool:
+        """The blocking query (Alg. 2 as written); with fill-last-batch, keep its ``left``."""
+        args = (self.rank, progress.k, progress.c, progress.te)
+        if not self.fill_last_batch:
+            return self._call(stats, "query", *args) == "sync"
+        resp = self._call(stats, "query_response", *args)
+        if resp.left is not None:
+            self._finish_at = time.monotonic() + resp.left
+        return resp.action == "sync"
+
+    def _check_channel(self, stats: RoundStats, progress: Progress) -> bool:
+        """Non-blocking: the flag; the blocking query only while the channel is in trouble."""
+        assert self.channel is not None
+        verdict = self.channel.verdict()
+        if verdict is not None:
+            self._finish_at = verdict.finish_at
+            return True
+        if self.channel.trouble() is None:
+            return False
+        stats.extra["state_fallbacks"] = stats.extra.get("state_fallbacks", 0) + 1
+        sync = self._ask(stats, progress)
+        self.channel.kick()
+        return sync
+
+    def _fill_size(self, progress: Progress) -> int:
+        """Samples of a smaller last batch that ends ``epsilon`` before the slowest (0: none)."""
+        if self._finish_at is None or progress.c <= 0.0:
+            return 0
+        budget = self._finish_at - time.monotonic() - self.epsilon
+        fit = min(self.batch_size, int(self.batch_size * budget / progress.c))
+        return fit // self.min_partial * self.min_partial if fit >= self.min_partial else 0
+
+    def _call(self, stats: RoundStats, method: str, *args: object) -> object:
+        """``client.<method>(*args)``; on "not initialised" re-register, then repeat it."""
+        from trainer.state_client import StateServerNotInitialised
+
+        for attempt in range(self.MAX_REJOINS_PER_CALL + 1):
+            try:
+                if attempt:
+                    self._rejoin(stats)
+                return getattr(self.client, method)(*args)
+            except StateServerNotInitialised:
+                if attempt == self.MAX_REJOINS_PER_CALL:
+                    raise
+        raise AssertionError("unreachable")
+
+    def _rejoin(self, stats: RoundStats) -> None:
+        """Re-register with a restarted State Server: the run, then this worker's round."""
+        self.client.rejoin(self.num_workers, self.epsilon)
+        self.client.reset(self.rank, self.round_no, self.round_te)
+        stats.extra["state_rejoins"] = stats.extra.get("state_rejoins", 0) + 1
+        print(
+            f"[worker {self.rank}/{self.num_workers}] the State Server had lost its state: "
+            f"re-registered in round {self.round_no}",
+            flush=True,
+        )
 
 
 class ASGD(Strategy):
@@ -162,6 +302,9 @@ class ASGD(Strategy):
     def server_optimizer(self) -> mx.optimizer.Optimizer:
         """The optimizer the parameter server runs on every push."""
         return mx.optimizer.SGD(learning_rate=self.lr, rescale_grad=1.0 / self.batch_size)
+
+    def describe(self) -> dict[str, object]:
+        return {"server_optimizer": type(self.server_optimizer()).__name__}
 
     def setup(self, model: Model, kv: mx.kv.KVStore | None) -> None:
         super().setup(model, kv)

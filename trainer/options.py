@@ -8,6 +8,7 @@ import config
 from models import MODEL_NAMES
 from trainer import registry
 from trainer.layout import mode_dir_name
+from trainer.slowdown import Schedule, ScheduleError, schedule_arg
 from utils import DATASETS
 
 
@@ -36,13 +37,6 @@ def _positive_float(text: str) -> float:
     value = _non_negative_float(text)
     if value == 0.0:
         raise argparse.ArgumentTypeError("must be > 0")
-    return value
-
-
-def _slowdown(text: str) -> float:
-    value = _non_negative_float(text)
-    if value < 1.0:
-        raise argparse.ArgumentTypeError(f"slowdown must be >= 1, got {text}")
     return value
 
 
@@ -161,9 +155,24 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--slowdown",
-        type=_slowdown,
-        default=config.SLOWDOWN,
-        help="emulate a device this many times slower: wait (S-1) x compute time after each batch",
+        type=schedule_arg,
+        default=Schedule.constant(config.SLOWDOWN),
+        metavar="S[/S1@T1...]",
+        help="emulate a device S times slower: wait (S-1) x compute time after each batch; "
+        "S0/S1@T1/S2@T2 changes the factor after T1, T2 seconds of training",
+    )
+    p.add_argument(
+        "--slowdown-trace",
+        dest="slowdown_trace",
+        default=None,
+        metavar="CSV",
+        help="a CSV of 'seconds,slowdown' rows (docs/slowdown.md); replaces --slowdown",
+    )
+    p.add_argument(
+        "--jitter",
+        type=_non_negative_float,
+        default=config.JITTER,
+        help="multiply each emulated wait by a seeded log-normal factor exp(N(0, sigma^2))",
     )
     p.add_argument("--seed", type=int, default=config.SEED)
     p.add_argument(
@@ -187,13 +196,117 @@ def build_parser() -> argparse.ArgumentParser:
         help="seconds to wait for the MXNet cluster to form",
     )
     p.add_argument(
+        "--failure-timeout",
+        dest="failure_timeout",
+        type=_positive_float,
+        default=config.FAILURE_TIMEOUT_S,
+        help="when a node of the cluster dies, every other process exits within this many "
+        "seconds (exit code 5); a worker also exits when no round finished for this long "
+        "(evaluation excluded), so it must exceed the slowest device's time for one round. "
+        "Read by every role (docs/deployment.md)",
+    )
+    p.add_argument(
         "--state-retry",
         dest="state_retry",
         type=_positive_float,
         default=config.STATE_SERVER_RETRY_S,
         help="seconds to keep retrying an unreachable State Server",
     )
+    p.add_argument(
+        "--report-progress",
+        dest="report_progress",
+        default=None,
+        metavar="URL",
+        help="send each round's progress to this State Server's dashboard "
+        "(e.g. http://127.0.0.1:10010; launch.py sets it)",
+    )
+    p.add_argument(
+        "--checkpoint-every",
+        dest="checkpoint_every",
+        type=_non_negative_int,
+        default=config.CHECKPOINT_EVERY_ROUNDS,
+        help="write a checkpoint every N rounds and after the last one (0: never)",
+    )
+    p.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue after the newest checkpoint in the run's log folder",
+    )
+    p.add_argument(
+        "--evaluate",
+        metavar="PATH",
+        default=None,
+        help="load a saved model (model.params or a checkpoint's .params) and print its test "
+        "accuracy, then exit",
+    )
+    add_algorithm_arguments(p)
     return p
+
+
+def _unit_interval(text: str) -> float:
+    value = _non_negative_float(text)
+    if not 0.0 < value <= 1.0:
+        raise argparse.ArgumentTypeError(f"must be in (0, 1], got {text}")
+    return value
+
+
+def add_algorithm_arguments(p: argparse.ArgumentParser) -> None:
+    """Flags of particular algorithms (the modes that do not use one ignore it)."""
+    p.add_argument(
+        "--state-protocol",
+        dest="state_protocol",
+        choices=("blocking", "nonblocking"),
+        default=config.STATE_PROTOCOL,
+        help="esync: blocking asks the State Server before every local iteration (Alg. 2 as "
+        "written); nonblocking hands progress over and is told when to sync (delayed ACK)",
+    )
+    p.add_argument(
+        "--fill-last-batch",
+        dest="fill_last_batch",
+        type=_flag01,
+        default=config.FILL_LAST_BATCH,
+        help="esync, 1: compute a smaller last batch sized to the time left instead of idling",
+    )
+    p.add_argument(
+        "--local-steps",
+        dest="local_steps",
+        type=_positive_int,
+        default=config.LOCAL_STEPS,
+        help="fedavg, fedasync: local SGD steps between synchronisations (E)",
+    )
+    p.add_argument(
+        "--alpha",
+        type=_unit_interval,
+        default=config.FEDASYNC_ALPHA,
+        help="fedasync: mixing weight alpha in (0, 1]",
+    )
+    p.add_argument(
+        "--staleness",
+        choices=("constant", "polynomial", "hinge"),
+        default=config.FEDASYNC_STALENESS,
+        help="fedasync: staleness function s(t): constant 1, polynomial (t+1)^-a, hinge "
+        "(1 if t <= b else 1/(a(t-b)+1))",
+    )
+    p.add_argument(
+        "--staleness-a",
+        dest="staleness_a",
+        type=_non_negative_float,
+        default=config.FEDASYNC_STALENESS_A,
+        help="fedasync: a of the polynomial / hinge staleness function",
+    )
+    p.add_argument(
+        "--staleness-b",
+        dest="staleness_b",
+        type=_non_negative_float,
+        default=config.FEDASYNC_STALENESS_B,
+        help="fedasync: b of the hinge staleness function",
+    )
+    p.add_argument(
+        "--mu",
+        type=_non_negative_float,
+        default=config.PROX_MU,
+        help="esync-prox, fedavg: FedProx proximal term mu/2 * ||w - w_global||^2",
+    )
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -203,6 +316,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     if args.local_lr is None:
         args.local_lr = args.lr
     registry.resolve_mode(parser, args)
+    if args.slowdown_trace:
+        try:
+            args.slowdown = Schedule.from_trace(args.slowdown_trace)
+        except ScheduleError as exc:
+            parser.error(f"argument --slowdown-trace: {exc}")
     return args
 
 

@@ -81,6 +81,40 @@ MODES: dict[str, ModeSpec] = {
             "dimgray",
             "standalone training on one device",
         ),
+        ModeSpec(
+            "esync-nova",
+            "trainer.federated:ESyncNova",
+            "dist_sync",
+            "ESync-Nova",
+            "tab:pink",
+            "ESync with FedNova's normalised average: w += gl * mean(Δw_i / k_i) * mean(k_i)",
+            state_server=True,
+        ),
+        ModeSpec(
+            "esync-prox",
+            "trainer.federated:ESyncProx",
+            "dist_sync",
+            "ESync-Prox",
+            "tab:cyan",
+            "ESync whose local steps add FedProx's proximal term mu (w - w_global)",
+            state_server=True,
+        ),
+        ModeSpec(
+            "fedavg",
+            "trainer.federated:FedAvg",
+            "dist_sync",
+            "FedAvg",
+            "tab:purple",
+            "FedAvg: --local-steps E on every worker, then average (FedProx with --mu)",
+        ),
+        ModeSpec(
+            "fedasync",
+            "trainer.federated:FedAsync",
+            "dist_async",
+            "FedAsync",
+            "tab:brown",
+            "FedAsync: E local steps, the server mixes the model in by staleness",
+        ),
     )
 }
 

@@ -65,7 +65,8 @@ class Strategy(ABC):
     """A training mode. Subclass it, implement ``synchronise``, override the hooks you need.
 
     Lifecycle on every worker: ``from_args`` -> ``setup`` (once, collective) -> repeat
-    { ``should_sync``? ``synchronise`` then ``begin_round`` : compute a batch, ``local_update`` }.
+    { ``should_sync``? ``synchronise`` then ``begin_round`` : compute a batch of
+    ``next_batch_size`` samples, ``local_update`` }.
     """
 
     synchronous: ClassVar[bool] = False
@@ -97,6 +98,17 @@ class Strategy(ABC):
         """
         return progress.k >= 1
 
+    def next_batch_size(self, progress: Progress) -> int:
+        """How many samples the next local iteration computes; called before every batch.
+
+        Default: the full ``batch_size``. A smaller batch (ESync's ``--fill-last-batch``)
+        holds the next samples of the worker's data order, its gradients in ``model.grads``
+        are sums over those samples, so ``local_update`` must scale by the size returned here
+        to take their mean (ESync keeps it in ``current_batch_size``). The loop does not
+        update ``progress.c`` (seconds per full batch) from a smaller batch.
+        """
+        return self.batch_size
+
     def local_update(self, model: Model) -> None:
         """Called after each backward pass, gradients in ``model.grads``.
 
@@ -111,6 +123,10 @@ class Strategy(ABC):
         Add communication time and bytes to ``stats``. Return True when the run stops; in a
         synchronous mode every worker must return the same value (vote through the exchange).
         """
+
+    def describe(self) -> dict[str, object]:
+        """Facts about the algorithm for meta.json (e.g. the server optimizer); default none."""
+        return {}
 
     def begin_round(self, round_no: int, stats: RoundStats) -> None:
         """Called just before the first batch of round ``round_no`` (after its records)."""

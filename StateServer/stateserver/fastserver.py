@@ -14,10 +14,13 @@ reads them, and protocol-level errors answered in JSON.
 
 from __future__ import annotations
 
+import collections
+import contextlib
 import json
 import socket
 import threading
 import time
+from collections.abc import Iterator
 from http import HTTPStatus
 from typing import Any
 
@@ -40,6 +43,56 @@ def set_nodelay(sock: socket.socket) -> None:
         pass
 
 
+class Admission:
+    """At most ``limit`` request threads past their request line at a time, admitted in
+    arrival order (0: no limit).
+
+    Why: runserver serves each connection in its own thread. With 64 busy connections, 64
+    threads wait for the GIL, and CPython hands the GIL to an arbitrary waiter: a request
+    (or the dispatcher thread every request needs) can lose that lottery many times in a
+    row, which made the 64-connection p99 jump to hundreds of milliseconds. Waiting for
+    admission is a plain lock wait, outside the GIL contest; the admitted few, the
+    dispatcher and the timer share the GIL. A thread waiting for a held request (the
+    non-blocking protocol's delayed ACK) leaves the admission meanwhile (:meth:`outside`).
+    """
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self._lock = threading.Lock()
+        self._inside = 0
+        self._queue: collections.deque[threading.Lock] = collections.deque()
+
+    def enter(self) -> None:
+        if self.limit <= 0:
+            return
+        with self._lock:
+            if self._inside < self.limit and not self._queue:
+                self._inside += 1
+                return
+            waiter = threading.Lock()
+            waiter.acquire()
+            self._queue.append(waiter)
+        waiter.acquire()  # released by leave(), which passed its place on to us
+
+    def leave(self) -> None:
+        if self.limit <= 0:
+            return
+        with self._lock:
+            if self._queue:
+                self._queue.popleft().release()  # the place goes to the first waiter
+            else:
+                self._inside -= 1
+
+    @contextlib.contextmanager
+    def outside(self) -> Iterator[None]:
+        """Leave the admission while blocked on something else; enter again after."""
+        self.leave()
+        try:
+            yield
+        finally:
+            self.enter()
+
+
 class FastRequestHandler(WSGIRequestHandler):
     """Django's request handler with NODELAY, one write per response and a body cap."""
 
@@ -51,19 +104,34 @@ class FastRequestHandler(WSGIRequestHandler):
         set_nodelay(self.connection)
 
     def handle_one_request(self) -> None:
-        """Read one request, run the app, flush the response in one piece."""
+        """Read one request, run the app, flush the response in one piece.
+
+        Everything after the request line runs inside the server's admission (at most
+        ``admitted`` threads at a time, FIFO): see :class:`Admission`.
+        """
+        admission = self.server.admission
+        entered = False
         try:
+            self.raw_requestline = self.rfile.readline(MAX_REQUEST_LINE + 1)
+            if not self.raw_requestline:
+                self.close_connection = True
+                return
+            admission.enter()
+            entered = True
             self._serve_one()
         except TimeoutError:  # idle for IDLE_TIMEOUT_S, or a client too slow to send
             self.close_connection = True
         finally:
             self._flush()
+            if entered:
+                admission.leave()
+
+    def get_environ(self) -> dict[str, Any]:
+        environ = super().get_environ()
+        environ["esync.admission"] = self.server.admission
+        return environ
 
     def _serve_one(self) -> None:
-        self.raw_requestline = self.rfile.readline(MAX_REQUEST_LINE + 1)
-        if not self.raw_requestline:
-            self.close_connection = True
-            return
         if len(self.raw_requestline) > MAX_REQUEST_LINE:
             self.requestline, self.request_version, self.command = "", "", ""
             self.send_error(HTTPStatus.REQUEST_URI_TOO_LONG)
@@ -137,6 +205,7 @@ class FastWSGIServer(WSGIServer):
 
     request_queue_size = 128
     max_connections = 1000
+    admitted = 4
 
     def __init__(
         self, server_address: Any, handler_cls: Any = None, *args: Any, **kwargs: Any
@@ -144,6 +213,9 @@ class FastWSGIServer(WSGIServer):
         super().__init__(server_address, FastRequestHandler, *args, **kwargs)
         self._open: set[int] = set()
         self._open_lock = threading.Lock()
+        import os
+
+        self.admission = Admission(int(os.environ.get("ESYNC_ADMIT", self.admitted)))
 
     def verify_request(self, request: Any, client_address: Any) -> bool:
         """Admit a new connection while fewer than ``max_connections`` are open."""

@@ -10,6 +10,7 @@ import os
 import threading
 
 from ..dispatcher import Dispatcher
+from ..holds import DEFAULT_MAX_HOLD_S
 from ..router import Router
 
 _lock = threading.Lock()
@@ -25,6 +26,7 @@ def get_dispatcher() -> Dispatcher:
         return disp
     with _lock:
         if _dispatcher is None or _pid != os.getpid():
-            _dispatcher = Dispatcher(Router()).start()
+            max_hold = float(os.environ.get("ESYNC_MAX_HOLD_S") or DEFAULT_MAX_HOLD_S)
+            _dispatcher = Dispatcher(Router(), max_hold_s=max_hold).start()
             _pid = os.getpid()
         return _dispatcher

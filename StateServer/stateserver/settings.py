@@ -33,7 +33,7 @@ ALLOWED_HOSTS = [
 ]
 ESYNC_TOKEN = os.environ.get("ESYNC_TOKEN") or None
 
-INSTALLED_APPS = ["StateServer.stateserver"]  # its management command overrides runserver
+INSTALLED_APPS = ["StateServer.stateserver", "StateServer.dashboard"]  # 1st overrides runserver
 MIDDLEWARE = [
     "django.middleware.security.SecurityMiddleware",
     "django.middleware.csrf.CsrfViewMiddleware",

@@ -29,7 +29,7 @@ def _row(worker: dict[str, Any], now: float, slowest: int | None) -> str:
         "-" if worker["round"] is None else worker["round"],
         worker["k"],
         c_ms,
-        "yes" if worker["ready"] else "no",
+        "yes" if worker["ready"] else ("after this batch" if worker.get("told") else "no"),
         _ago(now, worker["last_seen"]),
     )
     tds = "".join(f"<td>{escape(str(cell))}</td>" for cell in cells)
@@ -56,7 +56,8 @@ def render_status_html(snap: dict[str, Any]) -> str:
         f'<meta http-equiv="refresh" content="{REFRESH_S}">'
         f"<title>ESync State Server</title><style>{_STYLE}</style></head><body>"
         f"<h1>ESync State Server</h1><p>{escape(state)}; queue depth "
-        f"{escape(str(snap.get('queue_depth', 0)))}. "
+        f"{escape(str(snap.get('queue_depth', 0)))}, held requests "
+        f"{escape(str(snap.get('held', 0)))}. "
         '<a href="/status.json">JSON</a></p>'
         "<table><thead><tr><th>rank</th><th>round</th><th>k</th><th>c (ms/batch)</th>"
         f"<th>ready</th><th>last seen</th></tr></thead><tbody>{rows}</tbody></table>"

@@ -12,6 +12,7 @@ urlpatterns = [
     re_path(r"^$", views.index_view, name="index"),
     re_path(r"^status\.json$", views.status_json_view, name="status-json"),
     re_path(r"^status/?$", views.status_view, name="status"),
+    re_path(r"^", ("StateServer.dashboard.urls", None, None)),  # = include(): the dashboard app
 ]
 
 handler400 = "StateServer.stateserver.views.bad_request"

@@ -5,6 +5,7 @@ All state changes go through the dispatcher. Every error is a JSON ``{"error": "
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import hmac
 import json
@@ -17,7 +18,14 @@ from django.http import HttpRequest, HttpResponse
 from django.views.decorators.csrf import csrf_exempt
 
 from ..dispatcher import OverloadedError
-from ..messages import MAX_BODY_BYTES, MessageError, decode_json, parse_fields, parse_message
+from ..messages import (
+    MAX_BODY_BYTES,
+    HoldMsg,
+    MessageError,
+    decode_json,
+    parse_fields,
+    parse_message,
+)
 from ..router import SnapshotMsg
 from ..scheduler import SYNC, SchedulerError
 from .service import get_dispatcher
@@ -125,9 +133,19 @@ def _upstream_fields(request: HttpRequest) -> Mapping[str, object]:
 
 @api(("POST",), write=True)
 def msg_view(request: HttpRequest) -> HttpResponse:
-    """``POST /msg/``: one typed message in, its response or ack out."""
+    """``POST /msg/``: one typed message in, its response or ack out.
+
+    A ``hold`` may be answered late: the request thread waits until the dispatcher answers
+    it (the delayed ACK), at most ``hold_timeout`` s.
+    """
     msg = parse_message(decode_json(request.body))
-    return json_response(get_dispatcher().submit(msg).to_dict())
+    disp = get_dispatcher()
+    if type(msg) is not HoldMsg:
+        return json_response(disp.submit(msg).to_dict())
+    admission = request.META.get("esync.admission")  # runserver's (fastserver.Admission)
+    with admission.outside() if admission is not None else contextlib.nullcontext():
+        reply = disp.submit(msg, timeout=disp.hold_timeout)
+    return json_response(reply.to_dict())
 
 
 # --- upstream routes ------------------------------------------------------------------
@@ -168,6 +186,7 @@ def _snapshot() -> dict[str, Any]:
     disp = get_dispatcher()
     snap = disp.submit(SnapshotMsg(view="status"))
     snap["queue_depth"] = disp.depth()
+    snap["held"] = disp.held()
     return snap
 
 

@@ -1,0 +1,566 @@
+"""launch.py's processes on other hosts, over OpenSSH: the host file, where each process runs,
+the remote command, probing the hosts, and fetching the records back.
+
+Host file (``launch.py -H FILE``): one line per worker host,
+
+    # comments and blank lines are ignored
+    nodeA   slots=2 slowdown=1,4     # two workers, emulated slowdowns 1 and 4
+    user@nodeB slots=1               # one worker, slowdown from --slowdowns (default 1)
+    nodeC                            # slots=1
+
+``host`` is what ``ssh`` is given (a name, an address, ``user@host``, or a ``Host`` alias of
+``~/.ssh/config``); ``slots`` is the number of workers on it (default 1); ``slowdown`` has one
+entry per slot (or one for all of them), each a ``--slowdowns`` entry: a factor, a schedule
+``S0/S1@T1`` or a ``.csv`` trace (read on the worker's host, at the same path).
+
+A remote process is a local ``ssh -tt`` client (supervised by ``supervisor.Cluster`` like a local
+process, its output prefixed with the host and echoed) running
+
+    exec /bin/sh -c 'mkdir -p D && echo $$ > D/<name>.pgid && cd ROOT || exit 125;
+                     env VAR=... PY main.py ...; rc=$?; rm -f D/<name>.pgid; exit $rc'
+
+sshd starts that shell as the leader of a new session whose controlling terminal is the
+pseudo-terminal, so the shell's pid is also the process group of everything it starts: when the
+ssh client ends (Ctrl-C, a failure, the end of the run), the terminal hangs up and the group gets
+SIGHUP; the pgid file, left behind only by a process that did not exit by itself, lets
+:func:`stop_leftovers` kill the group (``kill -s KILL -- -PGID``) afterwards as a fallback.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shlex
+import shutil
+import socket
+import subprocess
+from collections.abc import Callable, Iterable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from supervisor import PYTHON, ROOT, THREAD_VARS, Cluster, LaunchError, Proc, child_env, free_port
+from trainer import layout
+from trainer.slowdown import Schedule, ScheduleError
+
+SSH = "ssh"
+SCP = "scp"
+# after the user's --ssh-option values (ssh keeps the first value of an option)
+SSH_DEFAULTS = (
+    "ConnectTimeout=10",
+    "ServerAliveInterval=10",  # a host that stops answering ends its ssh clients (~60 s)
+    "ServerAliveCountMax=6",
+    "LogLevel=ERROR",  # errors only: no "Connection to ... closed." after every process
+)
+FORWARDED_PREFIXES = ("ESYNC_",)  # launcher variables every remote process gets (ESYNC_TOKEN)
+PROBE_TIMEOUT_S = 60.0
+COPY_TIMEOUT_S = 600.0
+_HOST_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.@-]*$")  # IPv6 literals: use a ~/.ssh/config alias
+_RANK_RE = re.compile(r"\[worker (\d+)(?:/\d+)?\]")
+_VAR_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+
+Runner = Callable[[list[str], float], subprocess.CompletedProcess]
+
+
+class HostfileError(ValueError):
+    """A bad host file; one line per problem, each naming the file and line number."""
+
+
+class ProbeError(Exception):
+    """Some hosts cannot run the cluster; the message lists every problem of every host."""
+
+
+# --- the host file ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class HostLine:
+    """One line of a host file."""
+
+    host: str  # the ssh destination
+    slots: int = 1
+    slowdowns: tuple[str, ...] = ()  # one per slot; empty: --slowdowns decides
+    line: int = 0
+
+
+def check_slowdown(entry: str) -> None:
+    """ScheduleError unless ``entry`` is a factor, a schedule or a readable ``.csv`` trace."""
+    Schedule.from_trace(entry) if entry.endswith(".csv") else Schedule.parse(entry)
+
+
+def parse_hostfile(text: str, source: str = "hostfile") -> list[HostLine]:
+    """The host lines of ``text``; HostfileError listing every bad line (``source:N: why``)."""
+    hosts, problems = [], []
+    for number, raw in enumerate(text.splitlines(), start=1):
+        body = raw.split("#", 1)[0].strip()
+        if not body:
+            continue
+        try:
+            hosts.append(parse_host_line(body, number))
+        except HostfileError as exc:
+            problems.append(f"{source}:{number}: {exc}")
+    if not hosts and not problems:
+        problems.append(f"{source}: no host in it (one line per host: host [slots=N] ...)")
+    if problems:
+        raise HostfileError("\n".join(problems))
+    return hosts
+
+
+def parse_host_line(body: str, number: int = 0) -> HostLine:
+    """``host [slots=N] [slowdown=S[,S...]]`` (no comment, not blank)."""
+    host, *fields = body.split()
+    if not _HOST_RE.match(host) or "=" in host:
+        raise HostfileError(f"{host!r} is not a host (a name, an address or user@host first)")
+    values: dict[str, str] = {}
+    for item in fields:
+        key, sep, value = item.partition("=")
+        if not sep or key not in ("slots", "slowdown"):
+            raise HostfileError(f"unknown field {item!r} (expected slots=N or slowdown=S[,S...])")
+        if key in values:
+            raise HostfileError(f"{key}= given twice")
+        values[key] = value
+    try:
+        slots = int(values.get("slots", "1"))
+    except ValueError:
+        raise HostfileError(f"slots={values['slots']}: not a whole number") from None
+    if slots < 1:
+        raise HostfileError(f"slots={slots}: must be at least 1")
+    return HostLine(host, slots, _line_slowdowns(values.get("slowdown"), slots), number)
+
+
+def _line_slowdowns(text: str | None, slots: int) -> tuple[str, ...]:
+    if text is None:
+        return ()
+    entries = [e.strip() for e in text.split(",")]
+    if not all(entries):
+        raise HostfileError(f"slowdown={text}: an empty entry")
+    if len(entries) == 1:
+        entries *= slots
+    if len(entries) != slots:
+        raise HostfileError(f"slowdown= has {len(entries)} entries for slots={slots}")
+    for entry in entries:
+        try:
+            check_slowdown(entry)
+        except ScheduleError as exc:
+            raise HostfileError(f"slowdown={text}: {exc}") from None
+    return tuple(entries)
+
+
+def assign_slowdowns(hosts: Sequence[HostLine], default: Sequence[str]) -> list[tuple[str, str]]:
+    """(ssh destination, slowdown entry) of every worker, in host file order.
+
+    ``default`` is the parsed ``--slowdowns``: one entry for every slot without its own, or one
+    entry per slot (then no line may give its own). ValueError when they do not fit.
+    """
+    slots = sum(h.slots for h in hosts)
+    if len(default) not in (1, slots):
+        raise ValueError(f"--slowdowns has {len(default)} entries for {slots} slots")
+    if len(default) > 1 and any(h.slowdowns for h in hosts):
+        raise ValueError("give the slowdowns either in the host file or in --slowdowns")
+    per_slot = list(default) * slots if len(default) == 1 else list(default)
+    workers, first = [], 0
+    for h in hosts:
+        workers += [(h.host, s) for s in h.slowdowns or per_slot[first : first + h.slots]]
+        first += h.slots
+    return workers
+
+
+# --- ssh commands ----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Ssh:
+    """OpenSSH's client with ``BatchMode=yes`` (a key that needs a password, an unknown host
+    key... fail at once instead of asking), the user's ``-o`` options, then ours."""
+
+    options: tuple[str, ...] = ()
+
+    def _base(self, program: str) -> list[str]:
+        argv = [program, "-o", "BatchMode=yes"]
+        for option in (*self.options, *SSH_DEFAULTS):
+            argv += ["-o", option]
+        return argv
+
+    def command(self, host: str, remote: str, tty: bool = False) -> list[str]:
+        """``ssh ... host remote`` (``-tt``: a pseudo-terminal even without a local one)."""
+        return [*self._base(SSH), *(["-tt"] if tty else []), "--", host, remote]
+
+    def copy(self, host: str, source: str, dest: str) -> list[str]:
+        """``scp -r`` of ``host:source`` into the local folder ``dest``."""
+        return [*self._base(SCP), "-r", "-q", "--", f"{host}:{source}", dest]
+
+
+def remote_env(threads: int, extra: dict[str, str] | None = None) -> dict[str, str]:
+    """What a remote process gets: thread limits, unbuffered output, the launcher's ``ESYNC_*``
+    variables (e.g. ``ESYNC_TOKEN``) and ``extra`` (no other local variable crosses)."""
+    env = {name: str(threads) for name in THREAD_VARS}
+    env["PYTHONUNBUFFERED"] = "1"
+    env.update({k: v for k, v in os.environ.items() if k.startswith(FORWARDED_PREFIXES)})
+    env.update({k: str(v) for k, v in (extra or {}).items()})
+    return env
+
+
+def remote_command(root: str, argv: Sequence[str], env: dict[str, str], pgid_file: str) -> str:
+    """The command line (for the remote login shell) that runs ``argv`` from ``root`` with
+    ``env``, its process group id in ``pgid_file`` while it runs (see the module doc)."""
+    bad = [k for k in env if not _VAR_RE.match(k)]
+    if bad:
+        raise ValueError(f"not environment variable names: {bad}")
+    q = shlex.quote
+    assigns = " ".join(f"{k}={q(v)}" for k, v in env.items())
+    script = (
+        f"mkdir -p {q(os.path.dirname(pgid_file))} && echo $$ > {q(pgid_file)} "
+        f"&& cd {q(root)} || exit 125; "
+        f"env {assigns} {' '.join(q(a) for a in argv)}; "
+        f"rc=$?; rm -f {q(pgid_file)}; exit $rc"
+    )
+    return posix(script)
+
+
+def posix(script: str) -> str:
+    """``script`` run by /bin/sh whatever the remote user's login shell is."""
+    return f"exec /bin/sh -c {shlex.quote(script)}"
+
+
+class LinePrefix:
+    """``host: `` before each output line of a remote process, ``host: rank r: `` once the
+    worker has named its rank (lines that name it themselves keep the short prefix)."""
+
+    def __init__(self, host: str) -> None:
+        self.host = host
+        self.rank: int | None = None
+
+    def __call__(self, line: str) -> str:
+        match = _RANK_RE.search(line)
+        if match:
+            self.rank = int(match.group(1))
+        if match or self.rank is None:
+            return f"{self.host}: {line}"
+        return f"{self.host}: rank {self.rank}: {line}"
+
+
+# --- where a process runs --------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Where:
+    """This machine (``host`` None) or an ssh destination with its checkout and python."""
+
+    host: str | None = None
+    hostname: str = field(default_factory=socket.gethostname)  # its records' folder name
+    root: str = ROOT
+    python: str = PYTHON
+    ssh: Ssh = Ssh()
+    address: str = ""  # its IPv4 address on the cluster interface (from the probe)
+
+    @property
+    def remote(self) -> bool:
+        return self.host is not None
+
+    @property
+    def label(self) -> str:
+        return self.host or self.hostname
+
+    def path(self, local: str | os.PathLike[str]) -> str:
+        """A path of the launcher's as it is on this host: paths of this checkout move to the
+        remote checkout, relative ones are relative to it (main.py runs from there), other
+        absolute paths stay as they are."""
+        text = str(local)
+        if not self.remote:
+            return text
+        if text == ROOT or text.startswith(ROOT + os.sep):
+            return self.root + text[len(ROOT) :]
+        return text if os.path.isabs(text) else f"{self.root.rstrip('/')}/{text}"
+
+    def argv(self, argv: Sequence[str]) -> list[str]:
+        """A local command line (``[PYTHON, ...]``) as it runs here (absolute paths of this
+        checkout moved to the remote one)."""
+        return [
+            self.python if a == PYTHON else self.path(a) if os.path.isabs(a) else a for a in argv
+        ]
+
+    def start(
+        self,
+        cluster: Cluster,
+        name: str,
+        role: str,
+        argv: Sequence[str],
+        env: dict[str, str],
+        threads: int = 1,
+    ) -> Proc:
+        """Start ``argv`` (a local command line, run from the checkout's root) here, with the
+        variables ``env`` on top of the usual ones; supervised by ``cluster`` either way."""
+        if not self.remote:
+            return cluster.start(name, role, list(argv), child_env(threads, env))
+        pgid_file = f"{self.path(cluster.proc_dir)}/{name}.pgid"
+        command = remote_command(self.root, self.argv(argv), remote_env(threads, env), pgid_file)
+        ssh = self.ssh.command(self.host or "", command, tty=True)
+        return cluster.start(name, role, ssh, child_env(1), echo=LinePrefix(self.label))
+
+    def free_ports(self, count: int, bind: str, runner: Runner | None = None) -> list[int]:
+        """``count`` TCP ports nothing listens on right now (on this host)."""
+        if not self.remote:
+            return [free_port(bind) for _ in range(count)]
+        code = (
+            f"import socket; s=[socket.socket() for _ in range({count})]; "
+            "[x.bind(('', 0)) for x in s]; print(*[x.getsockname()[1] for x in s])"
+        )
+        res = self.run(f"{shlex.quote(self.python)} -c {shlex.quote(code)}", runner)
+        if res.returncode != 0:
+            raise LaunchError(f"{self.label}: cannot find a free port: {_last_lines(res)}")
+        return [int(p) for p in res.stdout.split()]
+
+    def run(
+        self, script: str, runner: Runner | None = None, timeout: float = PROBE_TIMEOUT_S
+    ) -> subprocess.CompletedProcess:
+        """Run a /bin/sh script here over ssh (no terminal), capturing its output (exit code
+        255 with the reason when ssh fails or the host does not answer in time)."""
+        return call(runner, self.ssh.command(self.host or "", posix(script)), timeout)
+
+
+def run_captured(argv: list[str], timeout: float) -> subprocess.CompletedProcess:
+    """The default runner: ``argv`` with its output captured, no stdin."""
+    return subprocess.run(
+        argv, capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL
+    )
+
+
+def call(runner: Runner | None, argv: list[str], timeout: float) -> subprocess.CompletedProcess:
+    """``runner(argv, timeout)``; a time-out or a missing ssh becomes exit code 255."""
+    try:
+        return (runner or run_captured)(argv, timeout)
+    except subprocess.TimeoutExpired:
+        return subprocess.CompletedProcess(argv, 255, "", f"no answer within {timeout:g} s")
+    except OSError as exc:
+        return subprocess.CompletedProcess(argv, 255, "", f"cannot run {argv[0]}: {exc}")
+
+
+def _last_lines(res: subprocess.CompletedProcess, lines: int = 3) -> str:
+    text = (res.stderr or "") + (res.stdout or "")
+    kept = [line.strip() for line in text.splitlines() if line.strip()]
+    return " / ".join(kept[-lines:]) or f"exit code {res.returncode}"
+
+
+def on_each(hosts: Iterable[Where], fn: Callable[[Where], object]) -> list[object]:
+    """``fn`` for every host at once (one thread each), results in the same order."""
+    hosts = list(hosts)
+    if not hosts:
+        return []
+    with ThreadPoolExecutor(max_workers=min(32, len(hosts))) as pool:
+        return list(pool.map(fn, hosts))
+
+
+# --- probing ---------------------------------------------------------------------------------
+
+
+def probe_command(root: str, python: str, interface: str) -> str:
+    """One shell command that reports what :func:`read_probe` needs."""
+    q = shlex.quote
+    return "; ".join(
+        [
+            'echo "ESYNC-HOSTNAME $(hostname)"',
+            f"test -f {q(root)}/main.py && echo ESYNC-ROOT",
+            f"test -x {q(python)} && echo ESYNC-PYTHON",
+            'echo "ESYNC-LINKS $(ls /sys/class/net 2>/dev/null | tr "\\n" " ")"',
+            f"ip -o -4 addr show dev {q(interface)} 2>/dev/null | sed 's/^/ESYNC-INET /'",
+            "true",
+        ]
+    )
+
+
+def read_probe(
+    res: subprocess.CompletedProcess, root: str, python: str, interface: str
+) -> tuple[str, str, list[str]]:
+    """(hostname, address of ``interface``, problems) from a probe's output."""
+    facts: dict[str, list[str]] = {}
+    for line in (res.stdout or "").splitlines():
+        key, _, value = line.strip().partition(" ")
+        if key.startswith("ESYNC-"):
+            facts.setdefault(key[len("ESYNC-") :], []).append(value.strip())
+    if res.returncode != 0 or "HOSTNAME" not in facts:
+        return "", "", [f"ssh failed: {_last_lines(res)}"]
+    problems = []
+    if "ROOT" not in facts:
+        problems.append(f"no checkout of this repository at {root} (set --remote-root)")
+    if "PYTHON" not in facts:
+        problems.append(
+            f"no python at {python} (create the virtualenv there: python3.11 -m venv .venv && "
+            ".venv/bin/pip install -r requirements.txt; or set --remote-python)"
+        )
+    links = " ".join(facts.get("LINKS", [])).split()
+    inet = [v.split() for v in facts.get("INET", [])]
+    addresses = [f[f.index("inet") + 1].split("/")[0] for f in inet if "inet" in f[:-1]]
+    if interface not in links:
+        problems.append(f"no interface {interface} (it has: {', '.join(links) or 'none listed'})")
+    elif not addresses:
+        problems.append(f"interface {interface} has no IPv4 address")
+    return facts["HOSTNAME"][0], (addresses or [""])[0], problems
+
+
+def probe_hosts(
+    hosts: Sequence[str],
+    ssh: Ssh,
+    root: str,
+    python: str,
+    interface: str,
+    runner: Runner | None = None,
+    timeout: float = PROBE_TIMEOUT_S,
+) -> dict[str, Where]:
+    """Check every host at once with one ssh command each; the :class:`Where` of each, or a
+    ProbeError that lists the problems of all hosts (unreachable, key refused, no checkout,
+    no virtualenv, no such interface, two hosts with one hostname)."""
+    command = probe_command(root, python, interface)
+
+    def probe(host: str) -> tuple[str, str, list[str]]:
+        res = call(runner, ssh.command(host, posix(command)), timeout)
+        return read_probe(res, root, python, interface)
+
+    unique = list(dict.fromkeys(hosts))
+    with ThreadPoolExecutor(max_workers=min(32, len(unique) or 1)) as pool:
+        found = dict(zip(unique, pool.map(probe, unique), strict=True))
+    problems = [f"{h}: {p}" for h, (_, _, ps) in found.items() for p in ps]
+    owners: dict[str, list[str]] = {}
+    for h, (name, _, _) in found.items():
+        if name:
+            owners.setdefault(name, []).append(h)
+    for name, same in owners.items():
+        if len(same) > 1:
+            problems.append(
+                f"{', '.join(same)}: all have the hostname {name!r}, so their records would "
+                "share one folder (give them distinct hostnames)"
+            )
+    if problems:
+        raise ProbeError("\n".join(f"  {p}" for p in problems))
+    return {h: Where(h, name, root, python, ssh, addr) for h, (name, addr, _) in found.items()}
+
+
+def local_address(interface: str) -> str:
+    """This machine's IPv4 address on ``interface``; OSError when it has none."""
+    import fcntl
+    import struct
+
+    siocgifaddr = 0x8915
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        packed = struct.pack("256s", interface.encode()[:15])
+        return socket.inet_ntoa(fcntl.ioctl(sock.fileno(), siocgifaddr, packed)[20:24])
+
+
+# --- one run's plan --------------------------------------------------------------------------
+
+
+@dataclass
+class Plan:
+    """Where the processes of a run go. ``advertise`` is the services' address on the cluster
+    network (DMLC_PS_ROOT_URI, the State Server's -ip), ``interface`` the workers'
+    DMLC_INTERFACE."""
+
+    services: Where
+    workers: list[tuple[Where, str]]  # (where, slowdown entry) of every worker
+    advertise: str = "127.0.0.1"
+    interface: str = "lo"
+
+    def remote_hosts(self) -> list[Where]:
+        """Every remote host of the run, once."""
+        found: dict[str, Where] = {}
+        for where in [self.services, *(w for w, _ in self.workers)]:
+            if where.host is not None:
+                found.setdefault(where.host, where)
+        return list(found.values())
+
+    def hostnames(self) -> list[str]:
+        """The record folder names of this run's hosts (this machine's first)."""
+        names = [socket.gethostname(), *(w.hostname for w in self.remote_hosts())]
+        return list(dict.fromkeys(names))
+
+    def services_env(self) -> dict[str, str]:
+        """How the scheduler and the server find their address: ``interface``, or, when they
+        run here for remote workers, the advertised address itself (this machine's name for
+        the cluster network's interface may differ from the hosts')."""
+        env = {"DMLC_INTERFACE": self.interface}
+        if not self.services.remote and self.remote_hosts():
+            env["DMLC_NODE_HOST"] = self.advertise
+        return env
+
+
+# --- before and after a run ------------------------------------------------------------------
+
+
+def _warn(text: str) -> None:
+    print(f"launch: warning: {text}", flush=True)
+
+
+def clean_records(hosts: Iterable[Where], mode_dir: Path) -> None:
+    """Start afresh on every host: remove its records, the checkpoints and the saved model of
+    an earlier run of this mode (launch.start_afresh does the same here)."""
+
+    def clean(where: Where) -> None:
+        remote_dir = where.path(mode_dir)
+        paths = [
+            f"{remote_dir}/{where.hostname}",
+            str(layout.checkpoint_dir(remote_dir)),
+            f"{remote_dir}/{layout.MODEL_PARAMS}",
+            f"{remote_dir}/{layout.MODEL_INFO}",
+        ]
+        res = where.run("rm -rf " + " ".join(shlex.quote(p) for p in paths))
+        if res.returncode != 0:
+            _warn(f"{where.label}: could not remove the earlier run's files: {_last_lines(res)}")
+
+    on_each(hosts, clean)
+
+
+def stop_leftovers(hosts: Iterable[Where], proc_dir: Path) -> None:
+    """Kill the process group of every remote process of this attempt that did not end by
+    itself (the fallback behind the pseudo-terminal's hang-up)."""
+    loop = (
+        'for f in *.pgid; do [ -f "$f" ] || continue; '
+        'kill -s KILL -- "-$(cat "$f")" 2>/dev/null; rm -f "$f"; done; true'
+    )
+
+    def stop(where: Where) -> None:
+        folder = shlex.quote(where.path(proc_dir))
+        res = where.run(f"cd {folder} 2>/dev/null || exit 0; {loop}")
+        if res.returncode != 0:
+            _warn(f"{where.label}: could not check for leftover processes: {_last_lines(res)}")
+
+    on_each(hosts, stop)
+
+
+def fetch_records(hosts: Iterable[Where], mode_dir: Path) -> None:
+    """Copy each remote host's ``<mode-dir>/<hostname>/`` folder into the local ``mode_dir``
+    (through a temporary folder, so a shared file system where source and destination are
+    one folder loses nothing)."""
+
+    def fetch(where: Where) -> None:
+        dest = mode_dir / where.hostname
+        staging = mode_dir / f".fetch-{where.hostname}-{os.getpid()}"
+        shutil.rmtree(staging, ignore_errors=True)
+        staging.mkdir(parents=True)
+        try:
+            source = f"{where.path(mode_dir)}/{where.hostname}"
+            res = call(None, where.ssh.copy(where.host or "", source, str(staging)), COPY_TIMEOUT_S)
+            if res.returncode != 0:
+                _warn(f"{where.label}: no records copied from {source}: {_last_lines(res)}")
+                return
+            shutil.rmtree(dest, ignore_errors=True)
+            (staging / where.hostname).rename(dest)
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+
+    on_each(hosts, fetch)
+
+
+def checkpoint_rounds(hosts: Iterable[Where], mode_dir: Path) -> tuple[str, int] | None:
+    """(host, round) of the newest complete checkpoint on any remote host, or None."""
+
+    def rounds(where: Where) -> list[int]:
+        code = (
+            "import sys; from trainer import layout; print(*layout.checkpoint_rounds(sys.argv[1]))"
+        )
+        folder = str(layout.checkpoint_dir(where.path(mode_dir)))
+        q = shlex.quote
+        res = where.run(f"cd {q(where.root)} && {q(where.python)} -c {q(code)} {q(folder)}")
+        return [int(r) for r in res.stdout.split()] if res.returncode == 0 else []
+
+    hosts = list(hosts)
+    found = [(w.label, max(r)) for w, r in zip(hosts, on_each(hosts, rounds), strict=True) if r]
+    return max(found, key=lambda f: f[1]) if found else None

@@ -1,0 +1,175 @@
+"""The State Server client's transport: stale keep-alive connections and HTTP 503 retries.
+
+Stub HTTP servers on loopback play the State Server; the client module's clock is replaced
+(``trainer.state_client.time``) so that its backoff sleeps are recorded, or forbidden.
+"""
+
+from __future__ import annotations
+
+import http.server
+import json
+import threading
+import time
+import types
+from collections.abc import Iterator
+
+import pytest
+
+from trainer import state_client
+from trainer.state_client import StateClient, StateServerUnreachable
+
+
+def _answer(msg: dict) -> dict:
+    """What the State Server answers to a worker message (enough for the client's checks)."""
+    if msg["msg_type"] == "query":
+        return {"msg_type": "response", "rank": msg["rank"], "round": 1, "action": "sync"}
+    return {"msg_type": "ack", "of": msg["msg_type"], "round": 1, "rank": msg.get("rank")}
+
+
+class _StubServer(http.server.ThreadingHTTPServer):
+    """Counts connections and requests; ``statuses`` scripts the answers (then 200s)."""
+
+    daemon_threads = True
+
+    def __init__(self, handler: type[http.server.BaseHTTPRequestHandler]) -> None:
+        super().__init__(("127.0.0.1", 0), handler)
+        self.connections = 0
+        self.requests = 0
+        self.statuses: list[int] = []
+        self.closed = threading.Event()
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.server_address[1]}"
+
+    def shutdown_request(self, request: object) -> None:
+        super().shutdown_request(request)
+        self.closed.set()  # the server's end of a connection is closed
+
+
+class _Handler(http.server.BaseHTTPRequestHandler):
+    """HTTP/1.1 keep-alive answers; a 503 carries the State Server's JSON error."""
+
+    protocol_version = "HTTP/1.1"
+    server: _StubServer
+
+    def setup(self) -> None:
+        super().setup()
+        self.server.connections += 1
+
+    def do_POST(self) -> None:  # noqa: N802 (http.server naming)
+        msg = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+        self.server.requests += 1
+        status = self.server.statuses.pop(0) if self.server.statuses else 200
+        obj = _answer(msg) if status == 200 else {"error": "overloaded: queue full"}
+        body = json.dumps(obj).encode()
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+class _IdleTimeoutHandler(_Handler):
+    """Closes a keep-alive connection after 0.2 s without a request, as servers do when idle."""
+
+    timeout = 0.2
+
+    def log_error(self, *args: object) -> None:
+        pass
+
+
+def _serve(handler: type[http.server.BaseHTTPRequestHandler]) -> Iterator[_StubServer]:
+    srv = _StubServer(handler)
+    thread = threading.Thread(target=srv.serve_forever, kwargs={"poll_interval": 0.05})
+    thread.start()
+    try:
+        yield srv
+    finally:
+        srv.shutdown()
+        srv.server_close()
+        thread.join(5)
+
+
+@pytest.fixture
+def stub() -> Iterator[_StubServer]:
+    yield from _serve(_Handler)
+
+
+@pytest.fixture
+def idle_closing() -> Iterator[_StubServer]:
+    yield from _serve(_IdleTimeoutHandler)
+
+
+class _Sleeps(list):
+    """The client's ``sleep``: records each delay; ``forbid`` turns a sleep into a failure."""
+
+    def __init__(self, forbid: bool = False, really: bool = False) -> None:
+        super().__init__()
+        self.forbid, self.really = forbid, really
+
+    def __call__(self, seconds: float) -> None:
+        if self.forbid:
+            raise AssertionError(f"the client backed off ({seconds} s) instead of retrying")
+        self.append(seconds)
+        if self.really:
+            time.sleep(seconds)
+
+
+def _patch_sleep(monkeypatch: pytest.MonkeyPatch, sleeps: _Sleeps) -> None:
+    clock = types.SimpleNamespace(monotonic=time.monotonic, time=time.time, sleep=sleeps)
+    monkeypatch.setattr(state_client, "time", clock)
+
+
+def test_a_stale_keep_alive_connection_is_retried_at_once(
+    idle_closing: _StubServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The server closed the idle connection: the next request reconnects, no backoff."""
+    with StateClient(idle_closing.url, retry_for=10, timeout=2) as client:
+        assert client.query(0, 1, 0.1, 1.0) == "sync"
+        assert client._conn is not None  # kept alive
+        assert idle_closing.closed.wait(5), "the stub did not close the idle connection"
+        time.sleep(0.05)  # let its FIN arrive
+        _patch_sleep(monkeypatch, _Sleeps(forbid=True))
+        started = time.monotonic()
+        assert client.query(0, 2, 0.1, 1.0) == "sync"
+        assert time.monotonic() - started < 1
+    assert idle_closing.connections == 2  # the stale one, then one fresh connection
+    assert idle_closing.requests == 2  # the request was answered once: on the new connection
+
+
+def test_http_503_is_retried_with_backoff_until_served(
+    stub: _StubServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    stub.statuses = [503, 503]
+    sleeps = _Sleeps()
+    _patch_sleep(monkeypatch, sleeps)
+    with StateClient(stub.url, retry_for=10, timeout=2) as client:
+        assert client.query(1, 3, 0.1, 1.0) == "sync"
+        client.reset(1, 2, 1.0)
+    assert stub.requests == 4
+    assert sleeps == [pytest.approx(0.05), pytest.approx(0.1)]  # exponential backoff
+
+
+def test_http_503_for_longer_than_retry_for_is_unreachable(
+    stub: _StubServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    stub.statuses = [503] * 1000
+    sleeps = _Sleeps(really=True)
+    _patch_sleep(monkeypatch, sleeps)
+    started = time.monotonic()
+    with (
+        StateClient(stub.url, retry_for=0.6, timeout=2) as client,
+        pytest.raises(StateServerUnreachable) as err,
+    ):
+        client.query(0, 1, 0.1, 1.0)
+    elapsed = time.monotonic() - started
+    assert 0.6 <= elapsed < 3
+    text = str(err.value)
+    assert "HTTP 503" in text and "overloaded" in text and "retried for up to 0.6 s" in text
+    assert f"failed {stub.requests} time(s)" in text and stub.requests >= 4
+    assert sleeps[:3] == [pytest.approx(0.05), pytest.approx(0.1), pytest.approx(0.2)]
+    assert sum(sleeps) <= 0.6 + 1e-6  # the last sleep is cut to what retry_for leaves

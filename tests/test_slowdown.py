@@ -1,0 +1,153 @@
+"""Devices whose speed changes during a run: schedules, traces, jitter, and ESync adapting."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import statistics
+
+import pytest
+from conftest import read_rounds, run_py, worker_folders
+
+from trainer.slowdown import Emulator, Schedule, ScheduleError
+
+
+def test_schedule_parses_and_switches_at_once() -> None:
+    s = Schedule.parse("1/16@30/2@45.5")
+    assert s.starts == (0.0, 30.0, 45.5) and s.factors == (1.0, 16.0, 2.0)
+    assert [s.at(t) for t in (0, 29.999, 30, 45.4, 45.5, 1e9)] == [1, 1, 16, 16, 2, 2]
+    assert str(s) == "1/16@30/2@45.5" and Schedule.parse("4").describe() == [[0.0, 4.0]]
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("0.5", "slowdowns must be finite numbers >= 1, got 0.5"),
+        ("1/16@30/2@20", "change times must increase strictly"),
+        ("1/16@-3", "time must be a finite number >= 0, got -3"),
+        ("1/16", "'16' is not SLOWDOWN@SECONDS"),
+        ("x", "slowdown 'x' is not a number"),
+        ("1/inf@3", "slowdown must be a finite number"),
+    ],
+)
+def test_bad_schedules_name_the_value(text: str, message: str) -> None:
+    with pytest.raises(ScheduleError, match=message.replace("(", r"\(")) as err:
+        Schedule.parse(text)
+    assert text in str(err.value)
+
+
+def test_trace_file_rows_and_errors(tmp_path) -> None:
+    good = tmp_path / "trace.csv"
+    good.write_text("seconds,slowdown\n# a co-tenant arrives\n0,1\n10,8\n20,1.5\n")
+    assert Schedule.from_trace(good).describe() == [[0, 1], [10, 8], [20, 1.5]]
+    bad = tmp_path / "bad.csv"
+    bad.write_text("0,1\n10,8,3\n")
+    with pytest.raises(ScheduleError, match=f"{bad}:2: expected 'seconds,slowdown'"):
+        Schedule.from_trace(bad)
+    late = tmp_path / "late.csv"
+    late.write_text("5,2\n")
+    with pytest.raises(ScheduleError, match="first row must be at 0 seconds"):
+        Schedule.from_trace(late)
+    with pytest.raises(ScheduleError, match="No such file"):
+        Schedule.from_trace(tmp_path / "missing.csv")
+
+
+def test_emulator_multiplies_the_typical_batch_and_jitters_reproducibly() -> None:
+    plain = Emulator(Schedule.parse("3/1@10"), 0.0, seed=1)
+    assert plain.wait(0.02, 5.0) == (pytest.approx(0.04), 3.0)
+    assert plain.wait(0.02, 10.0) == (0.0, 1.0)
+    waits = [Emulator(Schedule.constant(5), 0.3, seed=7).wait(0.01, 0)[0] for _ in range(3)]
+    assert len(set(waits)) == 1  # seeded
+    noisy = Emulator(Schedule.constant(5), 0.3, seed=7)
+    ratios = [noisy.wait(0.01, 0)[0] / 0.04 for _ in range(2000)]
+    assert statistics.pstdev([math.log(r) for r in ratios]) == pytest.approx(0.3, 0.1)
+
+
+def test_bad_slowdowns_fail_before_anything_starts(log_dir: str, tmp_path) -> None:
+    trace = tmp_path / "t.csv"
+    trace.write_text("0,1\n5,x\n")
+    for entry, message in (
+        ("1,1/16@30/1@20", "--slowdowns: '1/16@30/1@20': change times must increase strictly"),
+        (f"1,{trace}", f"--slowdowns: {trace}:2: slowdown 'x' is not a number"),
+        ("1,0.5", "--slowdowns: '0.5': slowdowns must be finite numbers >= 1"),
+    ):
+        res = run_py(["launch.py", "-w", "2", "--slowdowns", entry, "-ld", log_dir], timeout=60)
+        assert res.returncode == 2 and message in res.stderr, res.stderr
+    assert os.listdir(log_dir) == []
+    res = run_py(["main.py", "--slowdown-trace", str(trace)], timeout=60)
+    assert res.returncode == 2 and "argument --slowdown-trace" in res.stderr
+
+
+def _rounds(log_dir: str) -> dict[str, list[dict]]:
+    """Records per starting schedule, e.g. '1/16@8'."""
+    found = {}
+    for folder in worker_folders(log_dir, "lenet", "esync").values():
+        with open(os.path.join(folder, "meta.json")) as fh:
+            sched = Schedule(*zip(*json.load(fh)["slowdown_schedule"], strict=True))
+        found[str(sched)] = read_rounds(folder)
+    return found
+
+
+def _mean_k(records: list[dict], start: float, end: float) -> float:
+    ks = [r["local_iterations"] for r in records if start <= r["time"] < end]
+    return statistics.mean(ks)
+
+
+@pytest.mark.slow
+def test_esync_rebalances_when_two_devices_swap_speed(log_dir: str) -> None:
+    res = run_py(
+        ["launch.py", "-w", "3", "--slowdowns", "1/16@8,1,16/1@8", "-m", "esync"]
+        + "--rounds 100000 --max-time 16 -e 0 --eval-interval 4 --timeout 150".split()
+        + ["-ld", log_dir],
+        timeout=240,
+    )
+    assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-2000:]
+    runs = _rounds(log_dir)
+    was_fast, was_slow = runs["1/16@8"], runs["16/1@8"]
+    assert _mean_k(was_fast, 2, 8) >= 4 * _mean_k(was_slow, 2, 8)
+    assert {r["slowdown"] for r in was_fast if r["time"] < 7.5} == {1.0}
+    assert {r["slowdown"] for r in was_fast if r["time"] > 8.5} == {16.0}
+    after = [i for i, r in enumerate(was_slow) if r["time"] >= 8.0]
+    swapped = [
+        i for i in after if was_slow[i]["local_iterations"] >= 4 * was_fast[i]["local_iterations"]
+    ]
+    assert swapped and swapped[0] - after[0] <= 3, [
+        (r["time"], r["local_iterations"], s["local_iterations"])
+        for r, s in zip(was_fast, was_slow, strict=False)
+    ]
+
+
+@pytest.mark.slow
+def test_jitter_spreads_the_emulated_waits(log_dir: str) -> None:
+    flags = "-w 2 --slowdowns 1,6 -m sync --rounds 40 -e 0 --jitter 0.3 --timeout 100"
+    res = run_py(["launch.py", *flags.split(), "-ld", log_dir], timeout=200)
+    assert res.returncode == 0, res.stderr[-2000:]
+    (slow,) = [
+        read_rounds(f)
+        for f in worker_folders(log_dir, "lenet", "sync").values()
+        if read_rounds(f)[0]["slowdown"] == 6.0
+    ]
+    waits = [r["emulated_wait_s"] for r in slow[5:]]
+    # without jitter a wait is 5 x a slow moving average: consecutive waits differ by a few %;
+    # with sigma 0.3 their log-ratio has a spread of about sqrt(2) x 0.3
+    steps = [math.log(b / a) for a, b in zip(waits, waits[1:], strict=False)]
+    assert statistics.pstdev(steps) > 0.2, waits
+
+
+def test_rebalance_rounds_counts_from_the_change() -> None:
+    from summary import rebalance_rounds
+
+    def worker(schedule, ks, factors):
+        times = [float(t) for t in range(1, len(ks) + 1)]
+        timeline = list(zip(times, ks, factors, strict=True))
+        return {"slowdown_schedule": schedule, "timeline": timeline}
+
+    swap_a = worker([[0, 1], [3, 16]], [9, 9, 9, 9, 5, 1], [1, 1, 1, 16, 16, 16])
+    swap_b = worker([[0, 16], [3, 1]], [1, 1, 1, 1, 3, 9], [16, 16, 16, 1, 1, 1])
+    summary = {"workers": [swap_a, swap_b]}
+    # the change at 3 s: the round ending at 3 s is before it; at 4 and 5 s A is still ahead
+    assert rebalance_rounds(summary) == [{"at_s": 3, "rounds": 3}]
+    never = {"workers": [swap_a, worker([[0, 16], [3, 1]], [1] * 6, [16, 16, 16, 1, 1, 1])]}
+    assert rebalance_rounds(never) == [{"at_s": 3, "rounds": None}]
+    assert rebalance_rounds({"workers": [worker([[0, 1]], [1, 1], [1, 1])]}) == []
