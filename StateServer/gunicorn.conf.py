@@ -4,8 +4,10 @@
     python -m gunicorn -c StateServer/gunicorn.conf.py -b 127.0.0.1:10010
 
 Exactly one worker process: the state lives in that process's memory. Requests are served
-by ``ESYNC_THREADS`` gthread threads (default 8); keep-alive connections wait in the
-worker's poller, not in a thread, so 8 threads serve many more clients. gunicorn sets
+by ``ESYNC_THREADS`` gthread threads (default 64); keep-alive connections wait in the
+worker's poller, not in a thread, but a held request (the non-blocking protocol's delayed
+ACK, ``--state-protocol nonblocking``) keeps its thread until it is answered: give it at
+least one thread per worker plus a few (p + 8) for the other requests. gunicorn sets
 TCP_NODELAY on its listening socket and Linux copies it to accepted sockets.
 
 ``chdir`` is the repo root (the parent of ``StateServer/``), wherever gunicorn is started
@@ -20,7 +22,7 @@ chdir = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 bind = [os.environ.get("ESYNC_BIND", "0.0.0.0:10010")]
 workers = 1  # never more: each worker process would have its own state
 worker_class = "gthread"
-threads = int(os.environ.get("ESYNC_THREADS", "8"))
+threads = int(os.environ.get("ESYNC_THREADS", "64"))  # >= workers + 8 for held requests
 worker_connections = 1000
 backlog = 256
 keepalive = 75  # trainers may pause (evaluation) between queries; keep their connection

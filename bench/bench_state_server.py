@@ -122,55 +122,86 @@ def _read_response(rfile) -> tuple[int, bytes]:
     return status, rfile.read(length)
 
 
-def _client(port: int, rank: int, measure_from: float, stop_at: float) -> tuple[list, int, int]:
-    """Closed loop of one worker rank; returns (latencies in window, errors, resets in it)."""
-    from time import perf_counter
+def _blocking_body(rank: int, t: int, k: int, c: float, sync: bool) -> bytes:
+    """The next request of a blocking worker: a reset after a sync, else a query."""
     from time import time as wall
+
+    if sync:
+        return b'{"msg_type":"reset","rank":%d,"t":%d,"te":%.6f}' % (rank, t, wall())
+    return b'{"msg_type":"query","rank":%d,"k":%d,"c":%.4f,"te":%.6f}' % (rank, k, c, wall())
+
+
+def _hold_body(rank: int, t: int, k: int, c: float) -> bytes:
+    from time import time as wall
+
+    return b'{"msg_type":"hold","rank":%d,"t":%d,"k":%d,"c":%.4f,"te":%.6f}' % (
+        rank,
+        t,
+        k,
+        c,
+        wall(),
+    )
+
+
+def _client(
+    port: int, rank: int, measure_from: float, stop_at: float, protocol: str = "blocking"
+) -> tuple[list, int, int]:
+    """Closed loop of one worker rank; returns (latencies in window, errors, resets in it).
+
+    blocking: queries with k = 1, 2, ..., a reset into the next round after each sync.
+    nonblocking: a hold with k = 0 into round t (answered when Alg. 2 says sync: at once
+    for the slowest rank, when the slowest reaches the barrier for the others), then the
+    final hold the server asks for, then round t + 1. A hold's latency leaves out the time
+    the server held it on purpose (``held``) but keeps the time it was late (``late``):
+    what remains is the server's own delay. (``resets`` counts holds with k = 0.)
+    """
+    from time import perf_counter
 
     sock = socket.create_connection(("127.0.0.1", port))
     sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     rfile = sock.makefile("rb")
     c = 0.005 * (1 + rank % 7)  # heterogeneous capabilities
     k, t, lat, errors, resets = 0, 1, [], 0, 0
-    body = b'{"msg_type":"reset","rank":%d,"t":%d,"te":%.6f}' % (rank, t, wall())
+    nonblocking = protocol == "nonblocking"
+    body = _hold_body(rank, t, 0, c) if nonblocking else _blocking_body(rank, t, 0, c, True)
     try:
         while True:
             t0 = perf_counter()
             sock.sendall(_HEAD % len(body) + body)
             status, data = _read_response(rfile)
             t1 = perf_counter()
+            answer = json.loads(data) if status == 200 else {}
             if t0 >= measure_from:
-                lat.append(t1 - t0)
-                resets += body[13:18] == b"reset"
+                lat.append(t1 - t0 - answer.get("held", 0.0) + answer.get("late", 0.0))
+                resets += body[13:18] == b"reset" or b'"k":0,' in body
             if status != 200:
                 errors += 1
             if t1 >= stop_at:
                 return lat, errors, resets
-            if b'"sync"' in data:  # next round, as a trainer after its synchronisation
-                t = json.loads(data)["round"] + 1
-                k = 0
-                body = b'{"msg_type":"reset","rank":%d,"t":%d,"te":%.6f}' % (rank, t, wall())
-            else:
-                k += 1
-                body = b'{"msg_type":"query","rank":%d,"k":%d,"c":%.4f,"te":%.6f}' % (
-                    rank,
-                    k,
-                    c,
-                    wall(),
-                )
+            sync = answer.get("action") == "sync"
+            if not nonblocking:
+                t = answer["round"] + 1 if sync else t  # after a sync: the next round
+                k = 0 if sync else k + 1
+                body = _blocking_body(rank, t, k, c, sync)
+            elif sync and answer.get("final") and b'"k":0,' in body:
+                body = _hold_body(rank, t, 1, c)  # the slowest reaches the barrier
+            elif sync:
+                t = max(t, answer["round"]) + 1
+                body = _hold_body(rank, t, 0, c)
+            # else: compute, the hold was held for the server's maximum: send it again
     finally:
         rfile.close()
         sock.close()
 
 
 def _process(
-    port: int, ranks: list[int], measure_from: float, stop_at: float, out: mp.Queue
+    port: int, ranks: list[int], measure_from: float, stop_at: float, out: mp.Queue, protocol: str
 ) -> None:
     """One client process: a thread per rank."""
     from concurrent.futures import ThreadPoolExecutor
 
     with ThreadPoolExecutor(len(ranks)) as pool:
-        results = list(pool.map(lambda r: _client(port, r, measure_from, stop_at), ranks))
+        results = list(pool.map(lambda r: _client(port, r, measure_from, stop_at, protocol), ranks))
     lat = [x for res in results for x in res[0]]
     out.put((lat, sum(res[1] for res in results), sum(res[2] for res in results)))
 
@@ -190,6 +221,7 @@ class Result:
     server_cpu_s: float = 0.0  # CPU the server used during the whole level
     other_cpu_frac: float = 0.0  # share of the machine's CPUs busy with other processes
     resets: int = 0  # requests that were resets (the others are queries)
+    protocol: str = "blocking"
 
     @property
     def rate(self) -> float:
@@ -205,9 +237,15 @@ def percentile(sorted_vals: list[float], q: float) -> float:
 
 
 def run_level(
-    server: str, port: int, pgid: int, clients: int, procs: int, warmup: float, duration: float
+    server: str,
+    port: int,
+    pgid: int,
+    clients: int,
+    args: argparse.Namespace,
+    protocol: str = "blocking",
 ) -> Result:
-    """Init for ``clients`` workers, run the closed loops, aggregate."""
+    """Init for ``clients`` workers, run the closed loops of ``protocol``, aggregate."""
+    procs, warmup, duration = args.procs, args.warmup, args.duration
     status, _ = http_request(
         port, "POST", "/msg/", {"msg_type": "reset", "num_workers": clients, "epsilon": 0.002}
     )
@@ -219,7 +257,8 @@ def run_level(
     measure_from, stop_at = start + warmup, start + warmup + duration
     ranks = [list(range(clients))[i::procs] for i in range(procs)]
     workers = [
-        ctx.Process(target=_process, args=(port, rs, measure_from, stop_at, out)) for rs in ranks
+        ctx.Process(target=_process, args=(port, rs, measure_from, stop_at, out, protocol))
+        for rs in ranks
     ]
     cpu_before = group_cpu_seconds(pgid)
     busy_before, own_before, wall_before = (
@@ -254,6 +293,7 @@ def run_level(
         cpu,
         other_frac,
         resets,
+        protocol,
     )
 
 
@@ -300,8 +340,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="comma list of " + ", ".join(SERVER_KINDS),
     )
     ap.add_argument("--clients", default="1,8,32,64")
+    ap.add_argument(
+        "--protocols",
+        default="blocking,nonblocking",
+        help="blocking (queries and resets) and/or nonblocking (holds: the delayed ACK)",
+    )
     ap.add_argument("--procs", type=int, default=2, help="client processes (at most)")
-    ap.add_argument("--threads", type=int, default=8, help="gunicorn gthread threads")
+    ap.add_argument("--threads", type=int, default=72, help="gunicorn gthread threads")
     ap.add_argument("--warmup", type=float, default=0.5)
     ap.add_argument("--duration", type=float, default=4.0, help="seconds measured per level")
     ap.add_argument("--hot-path", type=int, default=500, help="sequential client queries")
@@ -319,15 +364,16 @@ def bench_server(
         Cluster(proc_dir) as cluster,
     ):
         proc, port = start_server(cluster, server, args.threads)
-        for clients in (int(c) for c in args.clients.split(",")):
-            res = run_level(server, port, proc.pid, clients, args.procs, args.warmup, args.duration)
-            rows.append(res)
-            print(
-                f"# {server} {clients} clients: {res.rate:.0f} req/s, p50 "
-                f"{res.p50_ms:.2f} ms, p99 {res.p99_ms:.2f} ms, errors {res.errors}",
-                file=sys.stderr,
-                flush=True,
-            )
+        for protocol in args.protocols.split(","):
+            for clients in (int(c) for c in args.clients.split(",")):
+                res = run_level(server, port, proc.pid, clients, args, protocol)
+                rows.append(res)
+                print(
+                    f"# {server} {protocol} {clients} clients: {res.rate:.0f} req/s, p50 "
+                    f"{res.p50_ms:.2f} ms, p99 {res.p99_ms:.2f} ms, errors {res.errors}",
+                    file=sys.stderr,
+                    flush=True,
+                )
         if args.hot_path:
             hot = hot_path(port, args.hot_path)
     return rows, hot
@@ -345,17 +391,19 @@ def print_tables(
         f"level after {args.warmup:g} s warm-up, at most {args.procs} client processes; "
         f"1-min load average {load_before:.2f} before, {os.getloadavg()[0]:.2f} after. "
         "'other processes' CPU' is the share of all CPUs that processes other than the "
-        "server and the clients used during the level: it skews every number.\n"
+        "server and the clients used during the level: it skews every number. Nonblocking: "
+        "'queries' are the holds with k >= 1 (the final ones), the latency of a hold leaves "
+        "out the time the server held it on purpose.\n"
     )
     print(
-        "| server | clients | client procs | requests/s | of which queries/s | p50 ms "
-        "| p99 ms | errors | server CPU µs/request | other processes' CPU |"
+        "| server | protocol | clients | client procs | requests/s | of which queries/s "
+        "| p50 ms | p99 ms | errors | server CPU µs/request | other processes' CPU |"
     )
-    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+    print("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     for r in rows:
         total = r.rate * (r.seconds + args.warmup + 0.3)  # CPU was measured over all of it
         print(
-            f"| {r.server} | {r.clients} | {r.procs} | {r.rate:.0f} | "
+            f"| {r.server} | {r.protocol} | {r.clients} | {r.procs} | {r.rate:.0f} | "
             f"{(r.requests - r.resets) / r.seconds:.0f} | {r.p50_ms:.2f} | "
             f"{r.p99_ms:.2f} | {r.errors} | {r.server_cpu_s / total * 1e6:.0f} | "
             f"{r.other_cpu_frac:.0%} |"

@@ -42,7 +42,7 @@ from pathlib import Path
 from typing import Any
 
 from StateServer.dispatcher import Engine
-from StateServer.messages import HoldMsg, InitMsg, QueryMsg, ResetMsg, ResponseMsg
+from StateServer.messages import HoldMsg, InitMsg, QueryMsg, ReportMsg, ResetMsg, ResponseMsg
 from StateServer.router import Router
 
 PROTOCOLS = ("blocking", "nonblocking", "nonblocking+fill", "ssgd")
@@ -67,6 +67,7 @@ class Setup:
     sync_s: float = 0.005  # the KVStore exchange at the end of a round
     jitter: float = 0.05  # sigma of the log-normal factor on every batch time
     seed: int = 0
+    warm: bool = False  # the server knows every capability from the start (no cold round)
 
 
 @dataclass
@@ -95,6 +96,15 @@ class Outcome:
 
     def idle(self, rank: int) -> float:
         return 1.0 - self.compute_s[rank] / self.wall_s if self.wall_s else 0.0
+
+
+def _gauss(*key: int) -> float:
+    """A standard normal number that depends only on ``key`` (Box-Muller on its hash; the
+    hash of a tuple of ints does not change between processes)."""
+    h = hash(key) & 0xFFFF_FFFF_FFFF_FFFF
+    u1 = ((h & 0xFFFF_FFFF) + 0.5) / 2**32
+    u2 = ((h >> 32) + 0.5) / 2**32
+    return math.sqrt(-2.0 * math.log(u1)) * math.cos(2.0 * math.pi * u2)
 
 
 class _Job:
@@ -145,11 +155,13 @@ class Sim:
 
     def __post_init__(self) -> None:
         s = self.setup
-        self.rng = random.Random(s.seed)
         self.seq = itertools.count()
         self.engine = Engine(Router(), max_hold_s=10.0)
         self.engine.handle(_Job(InitMsg(len(s.caps), s.epsilon), lambda job: None), 0.0)
         self.workers = [_Worker(r, cap) for r, cap in enumerate(s.caps)]
+        for w in self.workers if s.warm else ():
+            w.c = w.cap
+            self.engine.handle(_Job(ReportMsg(w.rank, 0, w.cap, 0.0), lambda job: None), 0.0)
         self.server_free = 0.0
         self.tick_at: float | None = None
         self.arrived: list[float] = []
@@ -233,7 +245,11 @@ class Sim:
             self.send(ResetMsg(w.rank, t, self.now), lambda _: self.resume(w, False))
 
     def compute(self, w: _Worker, n: int = BATCH) -> None:
-        seconds = w.cap * n / BATCH * math.exp(self.rng.gauss(0.0, self.setup.jitter))
+        """A batch of ``n`` samples; its time depends only on (seed, rank, round, k), so the
+        protocols compared see the same batch times."""
+        seconds = w.cap * n / BATCH
+        if self.setup.jitter:
+            seconds *= math.exp(self.setup.jitter * _gauss(self.setup.seed, w.rank, w.t, w.k))
         self.at(self.now + seconds, self.batch_done, w, seconds, n)
 
     def batch_done(self, w: _Worker, seconds: float, n: int) -> None:

@@ -206,7 +206,9 @@ def test_scheduler_rejects_a_bad_failure_timeout() -> None:
 @pytest.mark.slow
 def test_normal_run_with_heartbeats_exits_0(log_dir) -> None:
     res = run_py(
-        ["launch.py", "-w", "2", "-m", "sync", "--rounds", "20", "-ld", log_dir],
+        # long enough for several 1-s heartbeats whatever the machine's speed
+        ["launch.py", "-w", "2", "-m", "sync", "--rounds", "100000", "--max-time", "5", "-e", "0"]
+        + ["-ld", log_dir],
         timeout=240,
         PS_VERBOSE="2",  # ps-lite logs every message, heartbeats included
     )
@@ -221,4 +223,5 @@ def test_normal_run_with_heartbeats_exits_0(log_dir) -> None:
             text = fh.read()
         assert "FAILURE" not in text and "cmd=HEARTBEAT" in text, role
     folders = worker_folders(log_dir, "lenet", "sync")
-    assert [len(read_rounds(folders[r])) for r in (0, 1)] == [20, 20]
+    counts = [len(read_rounds(folders[r])) for r in (0, 1)]
+    assert counts[0] == counts[1] > 10, counts

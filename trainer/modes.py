@@ -148,6 +148,7 @@ class ESync(_Summing):
         self._finish_at: float | None = None  # monotonic time the slowest should finish
         self._last_batch = 0  # > 0: the size of the smaller batch computed before syncing
         self._c = 0.0  # the newest capability (seconds per full batch)
+        self._sent_before = 0  # holds the channel had sent at the last round's end
 
     @classmethod
     def from_args(cls, args: argparse.Namespace) -> ESync:
@@ -196,6 +197,12 @@ class ESync(_Summing):
             sync = not self._last_batch
         if self.channel is not None:
             self.channel.post(progress.k, progress.c, progress.te, final=sync)
+            if sync:  # the holds sent so far (the final one counts in the next round)
+                sent = self.channel.sent
+                stats.extra["state_messages"] = (
+                    stats.extra.get("state_messages", 0) + sent - self._sent_before
+                )
+                self._sent_before = sent
         stats.query_s += time.perf_counter() - started
         return sync
 

@@ -471,7 +471,7 @@ class ProgressChannel:
                 return
             t, k, c, te, final = mail
             try:
-                resp = self.client.hold(self.rank, t, k, c, te, wait=self.late_s)
+                resp = self.client.hold(self.rank, t, k, c, te, wait=self.late_s + 1.0)
             except (StateServerError, ValueError) as exc:
                 self._failed(exc)
                 continue

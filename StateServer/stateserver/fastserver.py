@@ -16,7 +16,12 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import email.utils
+import io
 import json
+import platform
+import re
+import select
 import socket
 import threading
 import time
@@ -27,12 +32,49 @@ from typing import Any
 from django.core.servers.basehttp import ServerHandler, WSGIRequestHandler, WSGIServer
 
 from ..messages import MAX_BODY_BYTES
+from .fastpath import STATUS_LINES, fast_answer, response_headers
 
 WRITE_BUFFER = 16 * 1024  # an API response fits easily: one send() per response
 MAX_REQUEST_LINE = 65536
 IDLE_TIMEOUT_S = 600.0  # the client reconnects transparently after a longer pause
 LINGER_S = 1.0  # after refusing a body: how long, and how much of it, to read and discard
 LINGER_BYTES = 4 * 1024 * 1024
+
+
+LEAN_REQUEST_LINES = {b"POST /msg/ HTTP/1.1\r\n": "/msg/", b"POST /apply/ HTTP/1.1\r\n": "/apply/"}
+LEAN_MAX_BYTES = 8192  # headers and body of a hot request (a worker's are ~250 bytes)
+LEAN_MAX_HEADERS = 32
+SERVER_HEADER = f"Server: WSGIServer/0.2 CPython/{platform.python_version()}"
+_CONTENT_LENGTH = re.compile(rb"(?im)^content-length:[ \t]*([0-9]{1,9})[ \t]*\r$")
+_HEADER_NAME = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
+_date_cache: list[object] = [0, ""]
+
+
+def _http_date() -> str:
+    """The Date header's value (RFC 7231), computed once per second."""
+    now = int(time.time())
+    if _date_cache[0] != now:
+        _date_cache[:] = [now, email.utils.formatdate(now, usegmt=True)]
+    return str(_date_cache[1])
+
+
+def _plain_headers(block: bytes) -> dict[str, str] | None:
+    """Header lines as {lower-case name: value}, or None for anything but plain, unique,
+    printable ``Name: value`` lines (folding, duplicates, control bytes, ...)."""
+    lines = block.split(b"\r\n") if block else []
+    if len(lines) > LEAN_MAX_HEADERS:
+        return None
+    headers: dict[str, str] = {}
+    for line in lines:
+        name, sep, value = line.partition(b":")
+        if not sep or not _HEADER_NAME.fullmatch(name):
+            return None
+        key = name.decode("ascii").lower()
+        text = value.strip(b" \t")
+        if key in headers or not text.isascii() or any(b < 32 or b == 127 for b in text):
+            return None
+        headers[key] = text.decode("ascii")
+    return headers
 
 
 def set_nodelay(sock: socket.socket) -> None:
@@ -44,16 +86,19 @@ def set_nodelay(sock: socket.socket) -> None:
 
 
 class Admission:
-    """At most ``limit`` request threads past their request line at a time, admitted in
-    arrival order (0: no limit).
+    """At most ``limit`` request threads handle a request at a time, admitted in the order
+    their requests arrived (0: no limit, every thread for itself).
 
     Why: runserver serves each connection in its own thread. With 64 busy connections, 64
-    threads wait for the GIL, and CPython hands the GIL to an arbitrary waiter: a request
-    (or the dispatcher thread every request needs) can lose that lottery many times in a
-    row, which made the 64-connection p99 jump to hundreds of milliseconds. Waiting for
-    admission is a plain lock wait, outside the GIL contest; the admitted few, the
-    dispatcher and the timer share the GIL. A thread waiting for a held request (the
-    non-blocking protocol's delayed ACK) leaves the admission meanwhile (:meth:`outside`).
+    threads wait for the GIL whenever their data arrives, and CPython hands the GIL to an
+    arbitrary waiter: a request (or the dispatcher thread) can lose that lottery many times
+    in a row, which made the 64-connection p99 jump to hundreds of milliseconds. Here a
+    connection's thread waits for its data in a lock, not in ``recv``: one poller thread
+    watches every idle connection (epoll) and, when data arrives, queues that thread for a
+    place; threads that wait for a place hold no GIL. The admitted thread, the poller and
+    the dispatcher share the GIL. A thread that waits for a held request (the non-blocking
+    protocol's delayed ACK) gives its place up meanwhile (:meth:`outside`). Places are
+    re-entrant per thread.
     """
 
     def __init__(self, limit: int) -> None:
@@ -61,21 +106,25 @@ class Admission:
         self._lock = threading.Lock()
         self._inside = 0
         self._queue: collections.deque[threading.Lock] = collections.deque()
+        self._mine = threading.local()  # .depth: places this thread holds (re-entrant)
+        self._epoll = select.epoll() if limit > 0 and hasattr(select, "epoll") else None
+        self._readers: dict[int, threading.Lock] = {}  # fd -> its thread's waiter
+        self._poller: threading.Thread | None = None
 
     def enter(self) -> None:
-        if self.limit <= 0:
-            return
-        with self._lock:
-            if self._inside < self.limit and not self._queue:
-                self._inside += 1
-                return
+        """Wait for a place (FIFO)."""
+        depth = getattr(self._mine, "depth", 0)
+        if depth == 0 and self.limit > 0:
             waiter = threading.Lock()
             waiter.acquire()
-            self._queue.append(waiter)
-        waiter.acquire()  # released by leave(), which passed its place on to us
+            self._grant(waiter)
+            waiter.acquire()  # released by _grant or leave(), which gave us a place
+        self._mine.depth = depth + 1
 
     def leave(self) -> None:
-        if self.limit <= 0:
+        """Give the place up (to the first waiter) when this is the outermost one."""
+        self._mine.depth -= 1
+        if self._mine.depth or self.limit <= 0:
             return
         with self._lock:
             if self._queue:
@@ -83,14 +132,86 @@ class Admission:
             else:
                 self._inside -= 1
 
+    def enter_when_readable(self, sock: socket.socket, timeout: float) -> bool:
+        """Wait until ``sock`` has data, then for a place; False after ``timeout`` s idle."""
+        if self._epoll is None:
+            ready, _, _ = select.select([sock], [], [], timeout)
+            if ready:
+                self.enter()
+            return bool(ready)
+        self._start_poller()
+        fd, waiter = sock.fileno(), threading.Lock()
+        waiter.acquire()
+        with self._lock:
+            self._readers[fd] = waiter
+        try:
+            self._epoll.modify(fd, select.EPOLLIN | select.EPOLLONESHOT)
+        except FileNotFoundError:
+            self._epoll.register(fd, select.EPOLLIN | select.EPOLLONESHOT)
+        if not waiter.acquire(timeout=timeout):
+            with self._lock:
+                if self._readers.get(fd) is waiter:
+                    del self._readers[fd]
+                    return False
+            waiter.acquire()  # a place was given to us meanwhile
+        self._mine.depth = 1
+        return True
+
+    def forget(self, sock: socket.socket) -> None:
+        """Stop watching a connection that is about to close."""
+        if self._epoll is not None:
+            try:
+                self._epoll.unregister(sock.fileno())
+            except (FileNotFoundError, ValueError, OSError):
+                pass
+
+    def __enter__(self) -> Admission:
+        self.enter()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.leave()
+
     @contextlib.contextmanager
     def outside(self) -> Iterator[None]:
-        """Leave the admission while blocked on something else; enter again after."""
+        """Give the place up while blocked on something else; wait for one again after."""
+        depth = getattr(self._mine, "depth", 0)
+        if depth == 0:
+            yield
+            return
+        self._mine.depth = 1
         self.leave()
         try:
             yield
         finally:
             self.enter()
+            self._mine.depth = depth
+
+    def _grant(self, waiter: threading.Lock) -> None:
+        with self._lock:
+            if self._inside < self.limit and not self._queue:
+                self._inside += 1
+                waiter.release()
+            else:
+                self._queue.append(waiter)
+
+    def _start_poller(self) -> None:
+        if self._poller is None:
+            with self._lock:
+                if self._poller is None:
+                    self._poller = threading.Thread(
+                        target=self._poll, name="esync-poller", daemon=True
+                    )
+                    self._poller.start()
+
+    def _poll(self) -> None:
+        assert self._epoll is not None
+        while True:
+            for fd, _ in self._epoll.poll():
+                with self._lock:
+                    waiter = self._readers.pop(fd, None)
+                if waiter is not None:
+                    self._grant(waiter)
 
 
 class FastRequestHandler(WSGIRequestHandler):
@@ -103,28 +224,66 @@ class FastRequestHandler(WSGIRequestHandler):
         super().setup()
         set_nodelay(self.connection)
 
+    def handle(self) -> None:
+        """Serve the connection's requests, each in the server's admission (see
+        :class:`Admission`): wait for data without the GIL, then for a place; a request that
+        is not all there yet is read outside the admission (a client that sends slowly holds
+        up nobody else), which it enters again to run the app."""
+        admission = self.server.admission
+        self.close_connection = True
+        try:
+            while admission.enter_when_readable(self.connection, IDLE_TIMEOUT_S):
+                try:
+                    if not self._request_buffered():
+                        with admission.outside():
+                            self.handle_one_request()
+                    else:
+                        self.handle_one_request()
+                finally:
+                    admission.leave()
+                if self.close_connection:
+                    break
+        finally:
+            admission.forget(self.connection)
+        try:
+            self.connection.shutdown(socket.SHUT_WR)
+        except (AttributeError, OSError):
+            pass
+
+    def _request_buffered(self) -> bool:
+        """Whether a whole request (headers and a plain Content-Length's body) has arrived,
+        looked at without blocking."""
+        sock = self.connection
+        try:
+            sock.setblocking(False)
+            buf = self.rfile.peek(LEAN_MAX_BYTES)
+        except (OSError, ValueError):
+            return False
+        finally:
+            try:
+                sock.settimeout(self.timeout)
+            except OSError:
+                pass
+        end = buf.find(b"\r\n\r\n")
+        if end < 0:
+            return False
+        match = _CONTENT_LENGTH.search(buf, 0, end + 2)
+        return match is None or len(buf) - end - 4 >= int(match.group(1))
+
     def handle_one_request(self) -> None:
         """Read one request, run the app, flush the response in one piece.
 
-        Everything after the request line runs inside the server's admission (at most
-        ``admitted`` threads at a time, FIFO): see :class:`Admission`.
-        """
-        admission = self.server.admission
-        entered = False
+        The app runs in the server's admission (entered here unless the caller holds it)."""
         try:
             self.raw_requestline = self.rfile.readline(MAX_REQUEST_LINE + 1)
             if not self.raw_requestline:
                 self.close_connection = True
                 return
-            admission.enter()
-            entered = True
             self._serve_one()
         except TimeoutError:  # idle for IDLE_TIMEOUT_S, or a client too slow to send
             self.close_connection = True
         finally:
             self._flush()
-            if entered:
-                admission.leave()
 
     def get_environ(self) -> dict[str, Any]:
         environ = super().get_environ()
@@ -132,6 +291,9 @@ class FastRequestHandler(WSGIRequestHandler):
         return environ
 
     def _serve_one(self) -> None:
+        path = LEAN_REQUEST_LINES.get(self.raw_requestline)
+        if path is not None and self._serve_lean(path):
+            return
         if len(self.raw_requestline) > MAX_REQUEST_LINE:
             self.requestline, self.request_version, self.command = "", "", ""
             self.send_error(HTTPStatus.REQUEST_URI_TOO_LONG)
@@ -146,9 +308,51 @@ class FastRequestHandler(WSGIRequestHandler):
             )
             self._lingering_close()
             return
-        handler = ServerHandler(self.rfile, self.wfile, self.get_stderr(), self.get_environ())
-        handler.request_handler = self
-        handler.run(self.server.get_app())
+        stdin = self._read_body()
+        with self.server.admission:
+            handler = ServerHandler(stdin, self.wfile, self.get_stderr(), self.get_environ())
+            handler.request_handler = self
+            handler.run(self.server.get_app())
+
+    def _read_body(self) -> Any:
+        """The body as an in-memory stream, read before the admission (a plain, positive
+        Content-Length); otherwise the socket's stream, for Django to deal with."""
+        length = (self.headers.get("Content-Length") or "").strip()
+        if not length.isdigit() or int(length) == 0:
+            return self.rfile
+        return io.BytesIO(self.rfile.read(int(length)))
+
+    def _serve_lean(self, path: str) -> bool:
+        """The hot request, ``POST /msg/ HTTP/1.1`` (or upstream's ``/apply/``) with plain
+        headers and its whole body already read into the buffer, answered by
+        ``fastpath.fast_answer`` without building a WSGI environment; the same bytes on the
+        wire as the full path. False (nothing consumed) when anything is unusual: the full
+        path then handles the request."""
+        buf = self.rfile.peek(LEAN_MAX_BYTES)
+        end = buf.find(b"\r\n\r\n")
+        headers = _plain_headers(buf[:end]) if end >= 0 else None
+        if headers is None or "expect" in headers or "transfer-encoding" in headers:
+            return False
+        length = headers.get("content-length", "")
+        start = end + 4
+        if not length.isdigit() or not 0 < int(length) <= len(buf) - start:
+            return False
+        body = buf[start : start + int(length)]
+        admission = self.server.admission
+        with admission:
+            answer = fast_answer(headers.get, body, admission, admission.limit > 0, path)
+        if answer is None:
+            return False
+        self.rfile.read(start + len(body))  # consumed: it is answered here
+        status, data = answer
+        self.command, self.path, self.request_version = "POST", path, "HTTP/1.1"
+        self.requestline = f"POST {path} HTTP/1.1"
+        self.close_connection = headers.get("connection", "").lower() == "close"
+        head = [f"HTTP/1.1 {STATUS_LINES[status]}", f"Date: {_http_date()}", SERVER_HEADER]
+        head += [f"{name}: {value}" for name, value in response_headers(data)]
+        self.wfile.write(("\r\n".join(head) + "\r\n\r\n").encode("latin-1") + data)
+        self.log_request(status, len(data))
+        return True
 
     def _lingering_close(self) -> None:
         """Send the answer and a FIN, then discard (a bounded amount of) the unread body.
@@ -205,7 +409,7 @@ class FastWSGIServer(WSGIServer):
 
     request_queue_size = 128
     max_connections = 1000
-    admitted = 4
+    admitted = 1
 
     def __init__(
         self, server_address: Any, handler_cls: Any = None, *args: Any, **kwargs: Any

@@ -5,7 +5,6 @@ All state changes go through the dispatcher. Every error is a JSON ``{"error": "
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import hmac
 import json
@@ -18,16 +17,10 @@ from django.http import HttpRequest, HttpResponse
 from django.views.decorators.csrf import csrf_exempt
 
 from ..dispatcher import OverloadedError
-from ..messages import (
-    MAX_BODY_BYTES,
-    HoldMsg,
-    MessageError,
-    decode_json,
-    parse_fields,
-    parse_message,
-)
+from ..messages import MAX_BODY_BYTES, MessageError, decode_json, parse_fields, parse_message
 from ..router import SnapshotMsg
 from ..scheduler import SYNC, SchedulerError
+from .fastpath import answer_message
 from .service import get_dispatcher
 from .status_page import render_status_html
 
@@ -136,16 +129,12 @@ def msg_view(request: HttpRequest) -> HttpResponse:
     """``POST /msg/``: one typed message in, its response or ack out.
 
     A ``hold`` may be answered late: the request thread waits until the dispatcher answers
-    it (the delayed ACK), at most ``hold_timeout`` s.
+    it (the delayed ACK), at most ``hold_timeout`` s. (Well-formed requests of this route
+    are usually answered by ``fastpath.MessageFastPath`` before Django, the same way.)
     """
     msg = parse_message(decode_json(request.body))
-    disp = get_dispatcher()
-    if type(msg) is not HoldMsg:
-        return json_response(disp.submit(msg).to_dict())
-    admission = request.META.get("esync.admission")  # runserver's (fastserver.Admission)
-    with admission.outside() if admission is not None else contextlib.nullcontext():
-        reply = disp.submit(msg, timeout=disp.hold_timeout)
-    return json_response(reply.to_dict())
+    status, obj = answer_message(msg, request.META.get("esync.admission"))
+    return json_response(obj, status=status)
 
 
 # --- upstream routes ------------------------------------------------------------------
