@@ -52,8 +52,8 @@ bench-state-server: $(STAMP)
 COMPARE_FLAGS = -w $(WORKERS) --slowdowns $(SLOWDOWNS) -n $(NETWORK) --max-time 60 \
 	--rounds 100000 -e 0 --eval-interval 0.5 -ld $(LOG_DIR)
 reproduce: $(STAMP)
-	$(PY) launch.py --compare esync,esync-nova,esync-prox,sync,async,dcasgd,fedavg,fedasync,local $(COMPARE_FLAGS)
-	$(PY) launch.py --compare esync,esync-nova,esync-prox,sync,async,dcasgd,fedavg,fedasync $(COMPARE_FLAGS) -s 1
+	$(PY) launch.py --compare esync,esync-m,esync-nova,esync-prox,esync-scaffold,sync,async,dcasgd,fedavg,fedasync,local $(COMPARE_FLAGS)
+	$(PY) launch.py --compare esync,esync-m,esync-nova,esync-prox,esync-scaffold,sync,async,dcasgd,fedavg,fedasync $(COMPARE_FLAGS) -s 1
 	# devices that swap speed after 30 s (docs/slowdown.md): the fastest becomes 16x slower
 	$(PY) launch.py --compare esync,sync,async,fedavg -w $(WORKERS) -n $(NETWORK) --max-time 60 \
 		--rounds 100000 -e 0 --eval-interval 0.5 --slowdowns 1/16@30,1,4,16/1@30 \

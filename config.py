@@ -30,8 +30,8 @@ CHECKPOINT_EVERY_ROUNDS = 20  # --checkpoint-every: write a checkpoint every N r
 CHECKPOINTS_KEPT = 3  # the newest checkpoints kept; older ones are deleted
 
 # --- algorithms -----------------------------------------------------------------------
-STATE_PROTOCOL = "blocking"  # --state-protocol: blocking (Alg. 2 as written) | nonblocking
-FILL_LAST_BATCH = 0  # --fill-last-batch 1: a smaller last batch instead of idling (esync)
+STATE_PROTOCOL = "nonblocking"  # --state-protocol: nonblocking (delayed ACK) | blocking (Alg. 2)
+FILL_LAST_BATCH = 1  # --fill-last-batch: a smaller last batch instead of idling (esync)
 FILL_MIN_SAMPLES = 8  # the smallest last batch: max(this, batch / 8) samples, else idle
 LOCAL_STEPS = 10  # --local-steps E of fedavg / fedasync (docs/reproduction.md: tuning)
 FEDASYNC_ALPHA = 0.6  # --alpha of fedasync (Xie et al. 2019)
@@ -41,6 +41,8 @@ FEDASYNC_STALENESS_B = 4.0  # --staleness-b (hinge)
 PROX_MU = None  # --mu of FedProx's proximal term; None: the mode's own default below
 FEDAVG_MU = 0.0  # fedavg without --mu is plain FedAvg (--mu > 0 makes it FedProx)
 ESYNC_PROX_MU = 0.3  # esync-prox without --mu (docs/reproduction.md: tuning)
+SERVER_MOMENTUM = None  # --server-momentum beta; None: the mode's own default below
+ESYNC_M_MOMENTUM = 0.8  # esync-m without --server-momentum (docs/reproduction.md)
 
 # --- paths ----------------------------------------------------------------------------
 ROOT = os.path.dirname(os.path.abspath(__file__))

@@ -303,13 +303,15 @@ def state_server(opts: argparse.Namespace, plan: remote.Plan, cluster: Cluster) 
         return host, str(port)
     where = plan.services
     if not where.remote:
-        _, url = start_state_server(cluster, opts.state_server, host=plan.advertise)
+        _, url = start_state_server(
+            cluster, opts.state_server, host=plan.advertise, workers=opts.workers
+        )
         host, _, port = url.removeprefix("http://").rpartition(":")
         return host, port
     # remote: not waited for here (this machine may not reach the cluster network); the
     # workers retry it for --state-retry seconds
     (free,) = where.free_ports(1, plan.advertise)
-    cmd = state_server_cmd(opts.state_server, plan.advertise, free)
+    cmd = state_server_cmd(opts.state_server, plan.advertise, free, opts.workers)
     where.start(cluster, "state-server", "state-server", cmd, {})
     return plan.advertise, str(free)
 

@@ -31,6 +31,7 @@ ROOT = config.ROOT
 PYTHON = sys.executable
 THREAD_VARS = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
 STATE_SERVER_KINDS = ("runserver", "gunicorn")
+GUNICORN_THREADS = "64"  # StateServer/gunicorn.conf.py's default (ESYNC_THREADS)
 CLUSTER_VARS = ("DMLC_", "PS_", "ESYNC_")  # what a test's children must not inherit
 _RANK_RE = re.compile(r"\[worker (\d+)/")  # how a worker names its rank in its output
 _ECHO_LOCK = threading.Lock()  # one echoed line at a time on this terminal
@@ -372,11 +373,19 @@ def wait_http(url: str, proc: Proc, timeout: float) -> None:
     raise LaunchError(f"{proc.name} did not answer at {url} within {timeout:.0f} s")
 
 
-def state_server_cmd(kind: str, host: str, port: int) -> list[str]:
-    """The command that serves the State Server on ``host:port`` (run it from ROOT)."""
+def state_server_cmd(kind: str, host: str, port: int, workers: int = 0) -> list[str]:
+    """The command that serves the State Server on ``host:port`` (run it from ROOT).
+
+    ``workers``: the trainers that will use it. gunicorn's gthread worker serves one request
+    per thread, and the non-blocking protocol keeps one request per worker held open, so it
+    gets at least ``workers + 8`` threads (runserver has a thread per connection)."""
     if kind == "gunicorn":
         conf = str(Path(ROOT) / "StateServer" / "gunicorn.conf.py")
-        return [PYTHON, "-m", "gunicorn", "-c", conf, "--bind", f"{host}:{port}"]
+        cmd = [PYTHON, "-m", "gunicorn", "-c", conf, "--bind", f"{host}:{port}"]
+        threads = int(os.environ.get("ESYNC_THREADS", GUNICORN_THREADS))
+        if workers + 8 > threads:
+            cmd += ["--threads", str(workers + 8)]
+        return cmd
     if kind == "runserver":
         return [PYTHON, "-m", "StateServer", "runserver", f"{host}:{port}", "--noreload"]
     raise ValueError(f"unknown State Server kind {kind!r} (choose from runserver, gunicorn)")
@@ -389,12 +398,12 @@ def start_state_server(
     port: int | None = None,
     env: dict[str, str] | None = None,
     timeout: float = config.STATE_SERVER_START_S,
+    workers: int = 0,
 ) -> tuple[Proc, str]:
     """Start a State Server in ``cluster`` and wait until it answers; returns (proc, URL)."""
     port = port or free_port(host)
-    proc = cluster.start(
-        "state-server", "state-server", state_server_cmd(kind, host, port), env or child_env(1)
-    )
+    cmd = state_server_cmd(kind, host, port, workers)
+    proc = cluster.start("state-server", "state-server", cmd, env or child_env(1))
     url = f"http://{host}:{port}"
     wait_http(f"{url}/", proc, timeout)
     return proc, url

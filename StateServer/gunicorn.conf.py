@@ -22,7 +22,7 @@ chdir = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 bind = [os.environ.get("ESYNC_BIND", "0.0.0.0:10010")]
 workers = 1  # never more: each worker process would have its own state
 worker_class = "gthread"
-threads = int(os.environ.get("ESYNC_THREADS", "64"))  # >= workers + 8 for held requests
+threads = int(os.environ.get("ESYNC_THREADS", "64"))  # supervisor raises it to workers + 8
 worker_connections = 1000
 backlog = 256
 keepalive = 75  # trainers may pause (evaluation) between queries; keep their connection

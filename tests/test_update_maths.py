@@ -16,7 +16,15 @@ import numpy as np
 import pytest
 
 from trainer import aggregate, registry
-from trainer.federated import ESyncNova, ESyncProx, FedAsync, FedAsyncMixer, FedAvg
+from trainer.federated import (
+    ESyncM,
+    ESyncNova,
+    ESyncProx,
+    ESyncScaffold,
+    FedAsync,
+    FedAsyncMixer,
+    FedAvg,
+)
 from trainer.modes import ASGD, DCASGD, SSGD, ESync, Standalone
 from trainer.records import RoundStats
 from trainer.strategy import Model, Progress
@@ -41,12 +49,17 @@ class SumStore:
 
     def push(self, keys, values) -> None:
         self.pushes += 1
+        self.pushed = dict(zip(keys, values, strict=True))
         for key, value in zip(keys, values, strict=True):
             self.stored[key] = value.asnumpy() + sum(self.others(key), np.zeros(value.shape))
 
     def pull(self, keys, out) -> None:
+        # As MXNet's KVStoreDist on CPU: the pushed array is the key's buffer, so a pull
+        # overwrites it too (trainer.modes.KVExchange).
         for key, target in zip(keys, out, strict=True):
             target[:] = self.stored[key]
+            if key in getattr(self, "pushed", {}):
+                self.pushed[key][:] = self.stored[key]
 
 
 class ServerStore(SumStore):
@@ -238,6 +251,7 @@ def test_every_registered_mode_has_a_known_answer_test_here(name: str) -> None:
     """A new mode must come with its hand-computed update test in this module."""
     cls = registry.get(name).load()
     tested = {Standalone, SSGD, ESync, ASGD, DCASGD, FedAvg, ESyncProx, ESyncNova, FedAsync}
+    tested |= {ESyncScaffold, ESyncM}
     assert cls in tested, f"add a known-answer test of {cls.__name__} to this module"
 
 
@@ -401,3 +415,63 @@ def test_fedasync_server_mixes_by_alpha_times_staleness_weight(kind, a, b, s3) -
     assert kv.optimizer.last[0] == (3, pytest.approx(a_t))
     assert_close(params(model) + [model.aux[0].asnumpy()], server)
     assert mode.version() == 5 and kv.pushes == 5
+
+
+OTHER_VARIATE = [np.array([[1.0, -1.0], [2.0, 0.0]]), np.array([0.5, 4.0])]
+
+
+def test_esync_scaffold_corrects_local_steps_by_the_control_variates() -> None:
+    # keys: 0, 1 weights; 2 BatchNorm; 3 stop flag; 4, 5 the control variates c_i+
+    values = {0: OTHER_DELTA[0], 1: OTHER_DELTA[1], 2: OTHER_AUX, 3: np.zeros(1)}
+    values.update({4: OTHER_VARIATE[0], 5: OTHER_VARIATE[1]})
+    mode, model = _esync_variant(ESyncScaffold, _other_worker(values), global_lr=0.5)
+    # round 1: c = c_i = 0, so the local steps are plain SGD
+    _local_steps(mode, model, (G1, G2))
+    replica = _prox_steps(0.2, 0.0, (G1, G2))
+    assert_close(params(model), replica)
+    stats = RoundStats()
+    mode.synchronise(model, stats, stop=False)
+    mine = [r - w for r, w in zip(replica, W0, strict=True)]
+    w1 = [w + 0.5 * (d1 + d2) / 2 for w, d1, d2 in zip(W0, mine, OTHER_DELTA, strict=True)]
+    assert_close(params(model), w1)
+    c_mine = [(g1 + g2) / BATCH / 2 for g1, g2 in zip(G1, G2, strict=True)]  # option II
+    c = [(a + b) / 2 for a, b in zip(c_mine, OTHER_VARIATE, strict=True)]
+    assert_close([x.asnumpy() for x in mode.c_global], c)
+    assert_close([model.aux[0].asnumpy()], [(AUX0[0] + OTHER_AUX) / 2])
+    assert stats.bytes_pushed == 4 * (4 + 2 + 4 + 2 + 2 + 1)  # weights, variates, aux, stop
+    # round 2: one step w -= lr * (g / B + c - c_i)
+    _local_steps(mode, model, (G1,))
+    want = [w - 0.2 * (g / BATCH + cg - ci) for w, g, cg, ci in zip(w1, G1, c, c_mine, strict=True)]
+    assert_close(params(model), want)
+    assert not np.allclose(want[0], w1[0] - 0.2 * G1[0] / BATCH)
+    # its new c_i is this round's mean gradient
+    mode.synchronise(model, RoundStats(), stop=False)
+    assert_close([x.asnumpy() for x in mode.c_local], [g / BATCH for g in G1])
+
+
+def test_control_variate_of_a_round_without_steps_is_the_previous_one() -> None:
+    previous = [mx.nd.array(v) for v in OTHER_VARIATE]
+    kept = aggregate.control_variate([mx.nd.zeros((2,))], 0, previous)
+    assert_close([x.asnumpy() for x in kept], OTHER_VARIATE)
+    assert kept[0] is not previous[0]
+
+
+def test_esync_m_steps_by_the_velocity_of_the_mean_deltas() -> None:
+    values = {0: OTHER_DELTA[0], 1: OTHER_DELTA[1], 2: OTHER_AUX, 3: np.zeros(1)}
+    mode, model = _esync_variant(ESyncM, _other_worker(values), global_lr=0.5)
+    mode.momentum = 0.8
+    _local_steps(mode, model, (G1, G2))
+    replica = _prox_steps(0.2, 0.0, (G1, G2))
+    mode.synchronise(model, RoundStats(), stop=False)
+    v1 = [((r - w) + d) / 2 for r, w, d in zip(replica, W0, OTHER_DELTA, strict=True)]
+    w1 = [w + 0.5 * v for w, v in zip(W0, v1, strict=True)]  # round 1: v = the mean delta
+    assert_close(params(model), w1)
+    # round 2: one step, v = 0.8 v1 + mean delta, w += gl v
+    _local_steps(mode, model, (G1,))
+    mine = [-0.2 * g / BATCH for g in G1]
+    mode.synchronise(model, RoundStats(), stop=False)
+    v2 = [0.8 * v + (m + d) / 2 for v, m, d in zip(v1, mine, OTHER_DELTA, strict=True)]
+    want = [w + 0.5 * v for w, v in zip(w1, v2, strict=True)]
+    assert_close(params(model), want)
+    assert_close([g.asnumpy() for g in mode.global_params], want)
+    assert mode.describe()["server_momentum"] == 0.8

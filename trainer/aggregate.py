@@ -86,6 +86,40 @@ def nova_global_step(
         g += total * scale
 
 
+def momentum_global_step(
+    global_params: Arrays,
+    velocity: Arrays,
+    delta_sums: Arrays,
+    beta: float,
+    global_lr: float,
+    num_workers: int,
+) -> None:
+    """Alg. 1's global step with server momentum (FedAvgM), in place:
+    v = beta * v + (sum_i Δw_i) / p, w_{t+1} = w_t + global_lr * v."""
+    for w, v, total in zip(global_params, velocity, delta_sums, strict=True):
+        v[:] = v * beta + total / num_workers
+        w += v * global_lr
+
+
+def scaffold_step(
+    weights: Arrays, grads: Arrays, corrections: Arrays, lr: float, rescale: float
+) -> None:
+    """SCAFFOLD's local step in place (Karimireddy et al. 2020):
+    w -= lr * (rescale * g + (c - c_i)),
+    ``corrections`` = c - c_i, the global control variate minus this worker's."""
+    for w, g, correction in zip(weights, grads, corrections, strict=True):
+        w -= lr * (g * rescale + correction)
+
+
+def control_variate(gradient_sums: Arrays, steps: int, previous: Arrays) -> list[mx.nd.NDArray]:
+    """A worker's new control variate c_i+ (SCAFFOLD's option II): with plain SGD
+    c_i - c + (x - y_i) / (k lr) is the mean of the k mean gradients it computed this round;
+    a round without a step keeps ``previous``."""
+    if steps == 0:
+        return [c.copy() for c in previous]
+    return [total / steps for total in gradient_sums]
+
+
 STALENESS_FUNCTIONS = ("constant", "polynomial", "hinge")
 
 

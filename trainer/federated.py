@@ -7,6 +7,9 @@
 * :class:`ESyncNova`: ESync (paper Alg. 1) whose global step is FedNova's normalised average
   (Wang et al. 2020), so a fast worker's many local steps do not outweigh a slow one.
 * :class:`ESyncProx`: ESync whose local steps add FedProx's proximal term.
+* :class:`ESyncM`: ESync with momentum on the global step (FedAvgM's server momentum).
+* :class:`ESyncScaffold`: ESync whose local steps are corrected by SCAFFOLD's control
+  variates (Karimireddy et al. 2020), so fast workers stop drifting toward their own classes.
 
 The arithmetic is in :mod:`trainer.aggregate`; :mod:`trainer.registry` names the classes.
 """
@@ -93,8 +96,10 @@ class ESyncProx(ESync):
         return {**super().describe(), "mu": self.mu}
 
     def local_update(self, model: Model) -> None:
+        # current_batch_size: the smaller last batch of --fill-last-batch takes its own mean.
+        scale = 1.0 / self.current_batch_size
         aggregate.prox_sgd_step(
-            model.params, model.grads, self.global_params, self.lr, 1.0 / self.batch_size, self.mu
+            model.params, model.grads, self.global_params, self.lr, scale, self.mu
         )
 
 
@@ -111,6 +116,8 @@ class ESyncNova(ESync):
     vector a_i) is k_i. Neither momentum nor weight decay is used here; with momentum rho the
     normaliser would be ||a_i||_1 = [k_i - rho (1 - rho^k_i) / (1 - rho)] / (1 - rho), with
     weight decay (or a proximal term) lambda: [1 - (1 - ll lambda)^k_i] / (ll lambda).
+    A smaller last batch (``--fill-last-batch``) counts as one step: it is one SGD step of
+    the usual size on that batch's mean gradient, so its coefficient in a_i is 1 as well.
 
     k_i rides in the same push/pull as the directions: one more scalar key, summed like the
     stop flag, so every worker applies the identical step (checksums in the records).
@@ -143,6 +150,114 @@ class ESyncNova(ESync):
             self.global_params, sums[:-1], sums[-1].asscalar(), self.global_lr, self.num_workers
         )
         aggregate.copy_into(model.params, self.global_params)
+        mx.nd.waitall()
+        return stop_all
+
+
+class ESyncM(ESync):
+    """ESync with momentum on the global step (FedAvgM's server momentum, Hsu et al. 2019):
+    v <- beta v + sum_i Δw_i / p, w <- w + gl v (beta = 0 is Alg. 1).
+
+    On data split by class the slow workers' classes enter Alg. 1 through one or a few
+    batches per round, each weighted 1/p, and the fast workers' deltas pull the other way
+    every round; what the slow ones add points the same way round after round, so momentum
+    accumulates it (up to 1 / (1 - beta) times) while the alternating drift averages out.
+    Every worker pulls the same sums and keeps its own v, so v costs no traffic and is
+    bit-identical everywhere (checksums). v is not in checkpoints: a resumed run restarts it
+    from 0, like DC-ASGD's server state.
+    """
+
+    momentum = config.ESYNC_M_MOMENTUM
+
+    @classmethod
+    def from_args(cls, args: argparse.Namespace) -> ESyncM:
+        mode = super().from_args(args)
+        chosen = args.server_momentum
+        mode.momentum = config.ESYNC_M_MOMENTUM if chosen is None else float(chosen)
+        return mode
+
+    def describe(self) -> dict[str, object]:
+        return {**super().describe(), "server_momentum": self.momentum}
+
+    def setup(self, model: Model, kv: mx.kv.KVStore | None) -> None:
+        super().setup(model, kv)
+        self.velocity = [mx.nd.zeros(w.shape, w.context, dtype=w.dtype) for w in model.params]
+
+    def synchronise(self, model: Model, stats: RoundStats, stop: bool) -> bool:
+        deltas = aggregate.deltas(model.params, self.global_params)
+        delta_sums, stop_all = self.sum_over_workers(model, deltas, stats, stop)
+        aggregate.momentum_global_step(
+            self.global_params,
+            self.velocity,
+            delta_sums,
+            self.momentum,
+            self.global_lr,
+            self.num_workers,
+        )
+        aggregate.copy_into(model.params, self.global_params)
+        mx.nd.waitall()
+        return stop_all
+
+
+class ESyncScaffold(ESync):
+    """ESync whose local steps are corrected by SCAFFOLD's control variates (Karimireddy
+    et al. 2020): w -= ll * (g + c - c_i), with c_i this worker's mean gradient of its last
+    round and c the mean of every worker's.
+
+    On data split by class the 16x worker's classes enter Alg. 1 through one batch per round,
+    weighted 1/p; the fast workers' ~20 local steps meanwhile drift toward their own classes.
+    With the correction every fast local step also carries c's share of the other workers'
+    gradients (the slow one's included), so the replicas stop drifting apart and the slow
+    workers' classes are learnt at every local step, not once per round. c_i+ is SCAFFOLD's
+    option II, which with plain SGD is simply the mean of the gradients this worker computed
+    in the round (:func:`trainer.aggregate.control_variate`); a smaller last batch
+    (``--fill-last-batch``) contributes its own mean gradient like any other step.
+
+    The control variates ride in ESync's push/pull (one more key per weight: twice ESync's
+    traffic, still a fraction of ASGD's): every worker pushes [Δw_i, c_i+], pulls the sums,
+    applies Alg. 1's global step and sets c = Σ c_i+ / p, so c, like w, is bit-identical on
+    every worker. Everything else (State Server, BatchNorm, stop vote) is ESync's.
+    """
+
+    def setup(self, model: Model, kv: mx.kv.KVStore | None) -> None:
+        super().setup(model, kv)  # ESync's: State Server, keys [params, aux, stop flag], w_0
+        zeros = [mx.nd.zeros(w.shape, w.context, dtype=w.dtype) for w in model.params]
+        self.c_local = zeros
+        self.c_global = [c.copy() for c in zeros]
+        self.corrections = [c.copy() for c in zeros]  # c - c_i, fixed within a round
+        self.gradient_sums = [c.copy() for c in zeros]
+        self.steps = 0
+        n, first_free = len(model.params), len(self.exchange.keys)
+        variate_keys = list(range(first_free, first_free + n))
+        kv.init(variate_keys, zeros)
+        template = model.params + zeros + model.aux + [self.stop_flag]
+        self.exchange = KVExchange(kv, template)
+        self.exchange.keys = [*range(n), *variate_keys, *range(n, first_free)]
+        self.sums = [mx.nd.zeros(a.shape, a.context, dtype=a.dtype) for a in template]
+
+    def local_update(self, model: Model) -> None:
+        scale = 1.0 / self.current_batch_size  # the mean gradient, a smaller last batch too
+        for total, g in zip(self.gradient_sums, model.grads, strict=True):
+            total += g * scale
+        self.steps += 1
+        aggregate.scaffold_step(model.params, model.grads, self.corrections, self.lr, scale)
+
+    def synchronise(self, model: Model, stats: RoundStats, stop: bool) -> bool:
+        variate = aggregate.control_variate(self.gradient_sums, self.steps, self.c_local)
+        # Keep c_i+ before the push: on CPU MXNet's dist KVStore pulls into the very array
+        # that was pushed (KVExchange), so ``variate`` holds the sum afterwards.
+        aggregate.copy_into(self.c_local, variate)
+        deltas = aggregate.deltas(model.params, self.global_params)
+        sums, stop_all = self.sum_over_workers(model, deltas + variate, stats, stop)
+        n = len(deltas)
+        aggregate.esync_global_step(self.global_params, sums[:n], self.global_lr, self.num_workers)
+        aggregate.copy_into(model.params, self.global_params)
+        aggregate.average_into(self.c_global, sums[n:], self.num_workers)
+        for correction, c, c_i in zip(self.corrections, self.c_global, self.c_local, strict=True):
+            correction[:] = c - c_i
+        for total in self.gradient_sums:
+            total[:] = 0.0
+        self.steps = 0
         mx.nd.waitall()
         return stop_all
 

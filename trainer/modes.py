@@ -31,6 +31,12 @@ class KVExchange:
     On a dist_sync store without an optimizer the stored value of a key becomes the sum of
     what the workers pushed in this round, so every worker pulls the same bytes; on a
     dist_async store with an optimizer the server applies each push at once.
+
+    A pushed array comes back overwritten with the pulled value: with mxnet 1.9.1 on CPU the
+    dist KVStore uses a key's single pushed array as its communication buffer and pulls into
+    it (observed: every worker's pushed control variate of esync-scaffold held the sum after
+    the pull; tests/test_update_maths.py's SumStore does the same). Push temporaries, or keep
+    a copy of what must survive the exchange.
     """
 
     def __init__(self, kv: mx.kv.KVStore, template: list[mx.nd.NDArray]) -> None:

@@ -250,6 +250,13 @@ def _unit_interval(text: str) -> float:
     return value
 
 
+def _momentum(text: str) -> float:
+    value = _non_negative_float(text)
+    if not value < 1.0:
+        raise argparse.ArgumentTypeError(f"must be in [0, 1), got {text}")
+    return value
+
+
 def add_algorithm_arguments(p: argparse.ArgumentParser) -> None:
     """Flags of particular algorithms (the modes that do not use one ignore it)."""
     p.add_argument(
@@ -267,6 +274,11 @@ def add_algorithm_arguments(p: argparse.ArgumentParser) -> None:
         default=config.FILL_LAST_BATCH,
         help="esync, 1: compute a smaller last batch sized to the time left instead of idling",
     )
+    add_federated_arguments(p)
+
+
+def add_federated_arguments(p: argparse.ArgumentParser) -> None:
+    """Flags of the journal paper's baselines and the ESync variants (trainer/federated.py)."""
     p.add_argument(
         "--local-steps",
         dest="local_steps",
@@ -306,6 +318,14 @@ def add_algorithm_arguments(p: argparse.ArgumentParser) -> None:
         type=_non_negative_float,
         default=config.PROX_MU,
         help="esync-prox, fedavg: FedProx proximal term mu/2 * ||w - w_global||^2",
+    )
+    p.add_argument(
+        "--server-momentum",
+        dest="server_momentum",
+        type=_momentum,
+        default=config.SERVER_MOMENTUM,
+        help="esync-m: beta of the momentum on the global step, v = beta v + sum(dw) / p, "
+        "w += gl v (default: config.ESYNC_M_MOMENTUM)",
     )
 
 

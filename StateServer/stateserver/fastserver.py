@@ -309,18 +309,34 @@ class FastRequestHandler(WSGIRequestHandler):
             self._lingering_close()
             return
         stdin = self._read_body()
+        if stdin is None:
+            return  # answered 400, the connection is closed
         with self.server.admission:
             handler = ServerHandler(stdin, self.wfile, self.get_stderr(), self.get_environ())
             handler.request_handler = self
             handler.run(self.server.get_app())
 
     def _read_body(self) -> Any:
-        """The body as an in-memory stream, read before the admission (a plain, positive
-        Content-Length); otherwise the socket's stream, for Django to deal with."""
-        length = (self.headers.get("Content-Length") or "").strip()
-        if not length.isdigit() or int(length) == 0:
+        """The body as an in-memory stream, read before the admission; the socket's stream
+        when there is no Content-Length (Django reads nothing then). None after a 400 for a
+        Content-Length that is not a number, or a body that ends before it (the client
+        closed its side): the connection is closed, so whatever follows on it can never be
+        taken for another request (request smuggling), and an incomplete body is never run."""
+        raw = self.headers.get("Content-Length")
+        if raw is None:
             return self.rfile
-        return io.BytesIO(self.rfile.read(int(length)))
+        length = raw.strip()
+        if not length.isdigit():
+            self.send_error(HTTPStatus.BAD_REQUEST, f"Content-Length is not a number: {raw!r}")
+            return None
+        body = self.rfile.read(int(length)) if int(length) else b""
+        if len(body) < int(length):
+            self.send_error(
+                HTTPStatus.BAD_REQUEST,
+                f"the body ended after {len(body)} of its {int(length)} bytes (Content-Length)",
+            )
+            return None
+        return io.BytesIO(body)
 
     def _serve_lean(self, path: str) -> bool:
         """The hot request, ``POST /msg/ HTTP/1.1`` (or upstream's ``/apply/``) with plain
