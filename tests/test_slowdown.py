@@ -112,7 +112,11 @@ def test_esync_rebalances_when_two_devices_swap_speed(log_dir: str) -> None:
     swapped = [
         i for i in after if was_slow[i]["local_iterations"] >= 4 * was_fast[i]["local_iterations"]
     ]
-    assert swapped and swapped[0] - after[0] <= 3, [
+    # Within 4 rounds of the swap. The non-blocking protocol (the default) tells the server a
+    # worker's capability c with its hold, once per round, so the server sees a changed c a
+    # round later than blocking queries would (3 rounds with them); c itself is a moving
+    # average and needs a few batches to follow the new speed.
+    assert swapped and swapped[0] - after[0] <= 4, [
         (r["time"], r["local_iterations"], s["local_iterations"])
         for r, s in zip(was_fast, was_slow, strict=False)
     ]
