@@ -7,13 +7,13 @@ Stub HTTP servers on loopback play the State Server; the client module's clock i
 from __future__ import annotations
 
 import http.server
-import json
 import threading
 import time
 import types
 from collections.abc import Iterator
 
 import pytest
+from stub_http import JSONStubHandler
 
 from trainer import state_client
 from trainer.state_client import StateClient, StateServerUnreachable
@@ -47,10 +47,9 @@ class _StubServer(http.server.ThreadingHTTPServer):
         self.closed.set()  # the server's end of a connection is closed
 
 
-class _Handler(http.server.BaseHTTPRequestHandler):
+class _Handler(JSONStubHandler):
     """HTTP/1.1 keep-alive answers; a 503 carries the State Server's JSON error."""
 
-    protocol_version = "HTTP/1.1"
     server: _StubServer
 
     def setup(self) -> None:
@@ -58,19 +57,11 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         self.server.connections += 1
 
     def do_POST(self) -> None:  # noqa: N802 (http.server naming)
-        msg = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+        msg = self.read_json()
         self.server.requests += 1
         status = self.server.statuses.pop(0) if self.server.statuses else 200
         obj = _answer(msg) if status == 200 else {"error": "overloaded: queue full"}
-        body = json.dumps(obj).encode()
-        self.send_response(status)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-
-    def log_message(self, *args: object) -> None:
-        pass
+        self.reply(obj, status)
 
 
 class _IdleTimeoutHandler(_Handler):

@@ -5,7 +5,6 @@ servers: no waiting between iterations, fallback to the blocking query, restarts
 from __future__ import annotations
 
 import http.server
-import json
 import os
 import signal
 import statistics
@@ -16,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from stub_http import JSONStubHandler
 
 from supervisor import CLUSTER_VARS, Cluster, Proc, child_env, free_port, start_state_server
 from trainer.modes import ESync
@@ -187,14 +187,13 @@ def test_should_sync_never_waits_for_a_slow_or_stopped_server(tmp_path: Path) ->
         srv.cluster.stop()
 
 
-class _HoldsNeverAnswered(http.server.BaseHTTPRequestHandler):
+class _HoldsNeverAnswered(JSONStubHandler):
     """Answers queries (sync) and resets, but keeps every hold open: a lost delayed ACK."""
 
-    protocol_version = "HTTP/1.1"
     seen: list[str] = []
 
     def do_POST(self) -> None:  # noqa: N802 (http.server naming)
-        msg = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+        msg = self.read_json()
         self.seen.append(msg["msg_type"])
         if msg["msg_type"] == "hold":
             time.sleep(30)
@@ -202,15 +201,7 @@ class _HoldsNeverAnswered(http.server.BaseHTTPRequestHandler):
         reply = {"msg_type": "response", "rank": msg["rank"], "round": 2, "action": "sync"}
         if msg["msg_type"] != "query":
             reply = {"msg_type": "ack", "of": msg["msg_type"], "round": 2, "rank": msg["rank"]}
-        body = json.dumps(reply).encode()
-        self.send_response(200)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-
-    def log_message(self, *args: object) -> None:
-        pass
+        self.reply(reply)
 
 
 def test_a_late_answer_falls_back_to_the_blocking_query() -> None:

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
+from stub_http import JSONStubHandler
 
 from supervisor import (
     CLUSTER_VARS,
@@ -598,30 +599,18 @@ def test_client_unreachable_names_url_and_duration() -> None:
     client.close()
 
 
-class _FlakyHandler(http.server.BaseHTTPRequestHandler):
+class _FlakyHandler(JSONStubHandler):
     """Answers like the State Server; closes every connection after one answer even though
     it says keep-alive (a stale keep-alive connection for the client)."""
 
-    protocol_version = "HTTP/1.1"
     seen: list[str] = []
 
     def do_POST(self) -> None:  # noqa: N802 (http.server naming)
-        length = int(self.headers["Content-Length"])
-        msg = json.loads(self.rfile.read(length))
+        msg = self.read_json()
         self.seen.append(msg["msg_type"])
-        body = json.dumps(
-            {"msg_type": "response", "rank": msg["rank"], "round": 1, "action": "sync"}
-        ).encode()
-        self.send_response(200)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
+        self.reply({"msg_type": "response", "rank": msg["rank"], "round": 1, "action": "sync"})
         self.wfile.flush()
         self.close_connection = True
-
-    def log_message(self, *args: object) -> None:
-        pass
 
 
 def test_client_retries_until_the_server_comes_up() -> None:
@@ -658,23 +647,14 @@ def test_client_retries_until_the_server_comes_up() -> None:
         assert not starter.is_alive()
 
 
-class _WrongAnswerHandler(http.server.BaseHTTPRequestHandler):
+class _WrongAnswerHandler(JSONStubHandler):
     """Answers every POST with 200 and the next body of ``answers`` (not the protocol's)."""
 
-    protocol_version = "HTTP/1.1"
     answers: list[bytes] = []
 
     def do_POST(self) -> None:  # noqa: N802 (http.server naming)
-        self.rfile.read(int(self.headers["Content-Length"]))
-        body = self.answers.pop(0)
-        self.send_response(200)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-
-    def log_message(self, *args: object) -> None:
-        pass
+        self.read_body()
+        self.reply(self.answers.pop(0))
 
 
 WRONG_ANSWERS: list[tuple[str, tuple, dict | list | str, str]] = [
