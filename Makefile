@@ -10,7 +10,7 @@ STAMP := $(VENV)/.installed
 WORKERS ?= 4
 SLOWDOWNS ?= 1,1,4,16
 NETWORK ?= lenet
-MAX_TIME ?= 45
+MAX_TIME ?= 90
 LOG_DIR ?= logs
 
 .PHONY: run test lint bench-state-server reproduce faults clean data mutants
@@ -49,13 +49,13 @@ bench-state-server: $(STAMP)
 
 # The full comparison of docs/reproduction.md: every mode on the iid split, then the distributed
 # modes on the non-iid split (-s 1; standalone training has no split), about 10 minutes.
-COMPARE_FLAGS = -w $(WORKERS) --slowdowns $(SLOWDOWNS) -n $(NETWORK) --max-time 60 \
+COMPARE_FLAGS = -w $(WORKERS) --slowdowns $(SLOWDOWNS) -n $(NETWORK) --max-time 90 \
 	--rounds 100000 -e 0 --eval-interval 0.5 -ld $(LOG_DIR)
 reproduce: $(STAMP)
 	$(PY) launch.py --compare esync,esync-m,esync-nova,esync-prox,esync-scaffold,sync,async,dcasgd,fedavg,fedasync,local $(COMPARE_FLAGS)
 	$(PY) launch.py --compare esync,esync-m,esync-nova,esync-prox,esync-scaffold,sync,async,dcasgd,fedavg,fedasync $(COMPARE_FLAGS) -s 1
 	# devices that swap speed after 30 s (docs/slowdown.md): the fastest becomes 16x slower
-	$(PY) launch.py --compare esync,sync,async,fedavg -w $(WORKERS) -n $(NETWORK) --max-time 60 \
+	$(PY) launch.py --compare esync,sync,async,fedavg -w $(WORKERS) -n $(NETWORK) --max-time 90 \
 		--rounds 100000 -e 0 --eval-interval 0.5 --slowdowns 1/16@30,1,4,16/1@30 \
 		-ld $(LOG_DIR)/swap
 

@@ -55,9 +55,25 @@ USE_CPU = 0  # -c 1 forces the CPU even when a GPU exists
 DEFAULT_GPU_ID = None  # -g N asks for GPU N; ignored (with a warning) when none exists
 NUM_THREADS = 1  # OMP / MKL threads per worker process
 
-# --- emulated heterogeneity -----------------------------------------------------------
-SLOWDOWN = 1.0  # a worker waits (S - 1) x its measured compute time after each batch
-JITTER = 0.0  # --jitter: sigma of the log-normal factor on each emulated wait (0: none)
+# --- emulated heterogeneity (trainer/slowdown.py, trainer/calibrate.py) ------------------
+EMULATION = "device"  # --emulation: device (S x T0 per batch) | share (wait (S-1) x busy) | none
+SLOWDOWN = 1.0  # --slowdown S: the emulated device is S times slower than the device unit
+JITTER = 0.0  # --jitter: sigma of the log-normal factor on each batch's device time (0: none)
+DEVICE_UNIT_S = None  # --device-unit T0 in seconds; None: calibrated (launch.py, or rank 0)
+# Calibrated T0 keeps the devices' average compute at this share of the cores. Not 0.75: the
+# devices start their batches together after every synchronisation, and the parameter server,
+# State Server and evaluator share the cores too; on this 2-core machine 0.75 gave 46 % of
+# batches on time, 0.44 about 90 %, 0.33 over 99 % (docs/reproduction.md, device time).
+DEVICE_CPU_SHARE = 0.33
+DEVICE_MIN_HEADROOM = 1.5  # ... and T0 >= this x the probe's seconds per batch
+DEVICE_MAX_HEADROOM = 16.0  # a cluster needing T0 above this x the probe is refused
+FIDELITY_WARNING = 0.95  # a run with fewer batches on time than this is warned about
+
+# --- evaluation (trainer/evaluator.py) -------------------------------------------------------
+EVALUATOR = "process"  # --evaluator: process (off the devices) | inline (in rank 0)
+EVALUATOR_START_S = 120.0  # the evaluator must have loaded model and data within this
+EVALUATOR_RESTARTS = 2  # an evaluator that dies is started again this often, then inline
+EVALUATOR_DRAIN_S = 10.0  # at the end, how long rank 0 waits for the evaluation in flight
 
 # --- MXNet cluster --------------------------------------------------------------------
 CONNECT_TIMEOUT_S = 120.0  # --connect-timeout: a worker gives up joining the cluster

@@ -45,9 +45,10 @@ from supervisor import (
     start_state_server,
     state_server_cmd,
 )
-from trainer import layout, registry
+from trainer import calibrate, layout, registry
+from trainer.options import add_emulation_arguments
 from trainer.records import RecordTail
-from trainer.slowdown import ScheduleError
+from trainer.slowdown import Schedule, ScheduleError
 
 
 def parse_slowdowns(text: str, workers: int) -> list[str]:
@@ -69,6 +70,48 @@ def parse_slowdowns(text: str, workers: int) -> list[str]:
         except ScheduleError as exc:
             raise argparse.ArgumentTypeError(f"--slowdowns: {exc}") from None
     return entries
+
+
+def schedule_of(entry: str) -> Schedule:
+    """The schedule of one ``--slowdowns`` entry (checked by parse_slowdowns)."""
+    return Schedule.from_trace(entry) if entry.endswith(".csv") else Schedule.parse(entry)
+
+
+def probe_device(opts: argparse.Namespace, forwarded: list[str]) -> float:
+    """Seconds of one training batch of this network on an idle worker process (main.py
+    --probe-device, with the threads and flags the workers get)."""
+    argv = [PYTHON, "main.py", "-m", "local", "-n", opts.network, *forwarded, "--probe-device"]
+    run = subprocess.run(
+        argv, cwd=ROOT, capture_output=True, text=True, env=child_env(opts.threads), timeout=300
+    )
+    lines = run.stdout.strip().splitlines()
+    try:
+        return float(json.loads(lines[-1])["probe_s"])
+    except (IndexError, KeyError, ValueError):
+        raise LaunchError(
+            f"the device probe failed (exit code {run.returncode}): "
+            f"{(run.stderr or run.stdout).strip()[-800:]}"
+        ) from None
+
+
+def device_unit(opts: argparse.Namespace, forwarded: list[str]) -> list[str]:
+    """main.py's emulation flags for every mode of this launch; with device emulation the
+    device unit T0, the same for every mode (calibrated here unless --device-unit is given),
+    and what it means for this machine. UnitError for a mix that cannot fit."""
+    flags = ["--emulation", opts.emulation, "--evaluator", opts.evaluator]
+    if opts.emulation != "device":
+        return flags
+    distributed = any(registry.get(m).distributed for m in opts.modes)
+    schedules = [schedule_of(e) for e in opts.slowdowns] if distributed else [Schedule.constant(1)]
+    probe_s = probe_device(opts, forwarded) if opts.device_unit is None else float("nan")
+    plan = calibrate.plan_unit(
+        probe_s, schedules, calibrate.machine_cores(), opts.threads, opts.device_unit
+    )
+    if opts.device_unit is None:
+        print(f"devices: {plan.describe(len(schedules))}", flush=True)
+    else:
+        print(f"devices: device unit T0 = {plan.unit_s * 1e3:.2f} ms (--device-unit)", flush=True)
+    return [*flags, "--device-unit", f"{plan.unit_s:.9g}"]
 
 
 def slowdown_flags(entry: str) -> list[str]:
@@ -106,8 +149,9 @@ class Progress:
         if self.pending is not None and due:
             rec, self.pending = self.pending, None
             self.last_printed = time.monotonic()
+            rnd, at = rec.get("eval_round", rec["round"]), rec.get("eval_time", rec["time"])
             print(
-                f"[{self.label}] round {rec['round']:>5}  t={rec['time']:7.1f}s  "
+                f"[{self.label}] round {rnd:>5}  t={at:7.1f}s  "
                 f"test acc {rec['test_acc']:.3f}  loss {rec.get('test_loss', 0):.4f}",
                 flush=True,
             )
@@ -468,6 +512,7 @@ def build_parser() -> argparse.ArgumentParser:
         default=config.RUN_TIMEOUT_S,
         help="fail a mode that runs longer than this many seconds (0: no limit)",
     )
+    add_emulation_arguments(p)
     add_ssh_arguments(p)
     return p
 
@@ -693,6 +738,14 @@ def main(argv: list[str] | None = None) -> int:
         raise KeyboardInterrupt(signal.Signals(signum).name)
 
     signal.signal(signal.SIGTERM, on_signal)
+    try:
+        forwarded = forwarded + device_unit(opts, forwarded)
+    except calibrate.UnitError as exc:
+        print(f"launch: cannot emulate these devices (nothing was started): {exc}", file=sys.stderr)
+        return 2
+    except LaunchError as exc:
+        print(f"launch: FAILED: {exc}", file=sys.stderr)
+        return 1
     try:
         for mode in opts.modes:
             run_mode(opts, plan, mode, forwarded)

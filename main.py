@@ -75,6 +75,10 @@ def main(argv: list[str] | None = None) -> int:
     from trainer.options import parse_args
 
     args = parse_args(argv)
+    if args.probe_device:
+        from trainer.calibrate import probe_main
+
+        return probe_main(args)
     if args.evaluate:
         return _train(args, distributed=False)
     distributed = registry.get(args.mode).distributed

@@ -11,7 +11,9 @@ table) that ``launch.py --compare`` runs after training.
 
 Per mode (from its summary, see ``summary.py``): ``time_to_target_s``, ``final_accuracy``,
 ``best_accuracy``, ``samples_per_s``, ``bytes_per_s``, ``min_compute_time_ratio`` (min over
-workers), ``num_workers``, ``split``.
+workers), ``num_workers``, ``split``, and under device emulation ``emulation``,
+``device_unit_s``, ``fidelity`` (share of batches on time), ``device_throughput`` (batches per
+device unit T0) and ``time_to_target_units`` (time_to_target_s / T0).
 
 ``esync_vs[<baseline>]`` compares the reference mode (``trainer.registry.REFERENCE``, ESync)
 of the same split with every other requested mode of that split:
@@ -102,8 +104,10 @@ def speedup_table(summaries: dict[str, Summary], target: float) -> dict[str, dic
 def mode_row(summary: dict[str, Any], target: float) -> dict[str, Any]:
     """The per-mode entry of report.json."""
     ratios = [w["compute_time_ratio"] for w in summary["workers"]]
+    to_target = time_to_target(summary.get("accuracy") or [], target)
+    unit = summary.get("device_unit_s")
     return {
-        "time_to_target_s": time_to_target(summary.get("accuracy") or [], target),
+        "time_to_target_s": to_target,
         "final_accuracy": summary.get("final_accuracy"),
         "best_accuracy": summary.get("best_accuracy"),
         "plateau_accuracy": summary.get("plateau_accuracy"),
@@ -112,6 +116,11 @@ def mode_row(summary: dict[str, Any], target: float) -> dict[str, Any]:
         "min_compute_time_ratio": min(ratios) if ratios else None,
         "num_workers": summary["num_workers"],
         "split": summary.get("split", "iid"),
+        "emulation": summary.get("emulation", "share"),
+        "device_unit_s": unit,
+        "fidelity": summary.get("fidelity"),
+        "device_throughput": summary.get("device_throughput"),
+        "time_to_target_units": ratio(to_target, unit),
     }
 
 
@@ -157,8 +166,9 @@ def _mode_table(rows: dict[str, dict[str, Any]], target: float) -> list[str]:
     unit, scale = byte_unit(max(r["bytes_per_s"] for r in rows.values()))
     lines = [
         f"| mode | split | workers | time to {target:.0%} (s) | final acc | plateau acc"
-        f" | best acc | samples/s | traffic ({unit}) | min compute ratio |",
-        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+        f" | best acc | samples/s | traffic ({unit}) | min compute ratio"
+        " | batches / T0 | fidelity |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for mode, r in rows.items():
         lines.append(
@@ -167,9 +177,27 @@ def _mode_table(rows: dict[str, dict[str, Any]], target: float) -> list[str]:
             f" | {cell(r['final_accuracy'], '.2%')} | {cell(r.get('plateau_accuracy'), '.2%')}"
             f" | {cell(r['best_accuracy'], '.2%')}"
             f" | {r['samples_per_s']:,.1f} | {r['bytes_per_s'] / scale:,.1f}"
-            f" | {cell(r['min_compute_time_ratio'], '.3f')} |"
+            f" | {cell(r['min_compute_time_ratio'], '.3f')}"
+            f" | {cell(r.get('device_throughput'), '.3f')} | {cell(r.get('fidelity'), '.1%')} |"
         )
     return lines
+
+
+def emulation_line(rows: dict[str, dict[str, Any]]) -> str:
+    """How the devices were emulated, for the report's head and the console table."""
+    units = {r["device_unit_s"] for r in rows.values() if r.get("emulation") == "device"}
+    fidelities = [r["fidelity"] for r in rows.values() if r.get("fidelity") is not None]
+    if not units:
+        kinds = sorted({r.get("emulation", "share") for r in rows.values()})
+        return (
+            f"Emulation: {', '.join(kinds)} (not device time: the figures include the "
+            "contention of the host's cores)."
+        )
+    unit = ", ".join(f"{u * 1e3:.2f} ms" for u in sorted(units))
+    return (
+        f"Device time: every batch of a device of slowdown S takes S x T0, T0 = {unit}; "
+        f"fidelity (share of batches on time) {min(fidelities):.1%} at the lowest."
+    )
 
 
 def _versus_table(versus: dict[str, dict[str, Any]]) -> list[str]:
@@ -217,8 +245,11 @@ def render_markdown(report: dict[str, Any], folder: Path) -> str:
     lines = [
         f"# {report['network']}: ESync vs baselines",
         "",
-        f"Target accuracy: {report['target']:.1%}. Times are wall-clock seconds of rank 0"
-        " since it started training; rates are cluster totals over the run duration.",
+        f"Target accuracy: {report['target']:.1%}. Times are seconds of rank 0's device"
+        " clock since it started training (its evaluations are off the clock); rates are"
+        " cluster totals over the run duration.",
+        "",
+        emulation_line(report["modes"]),
         "",
         "## Per mode",
         "",
@@ -266,9 +297,11 @@ def write_report(base: str, network: str, modes: list[str], target: float) -> tu
 def print_table(report: dict) -> None:
     """The headline numbers of report.json, one line per mode (launch.py's console output)."""
     target = report["target"]
+    print(emulation_line(report["modes"]))
     print(
         f"{'mode':<12} {f'to {target:.0%} (s)':>11} {'plateau acc':>11} {'samples/s':>10} "
-        f"{'MB/s':>7} {'min compute':>11} {'ESync speedup':>13}"
+        f"{'MB/s':>7} {'min compute':>11} {'batches/T0':>10} {'fidelity':>8} "
+        f"{'ESync speedup':>13}"
     )
     for mode, row in report["modes"].items():
         speedup = report["esync_vs"].get(mode, {}).get("speedup_to_target")
@@ -278,11 +311,13 @@ def print_table(report: dict) -> None:
             f"{row['samples_per_s']:.0f}",
             f"{row['bytes_per_s'] / 1e6:.1f}",
             cell(row["min_compute_time_ratio"], ".2f"),
+            cell(row.get("device_throughput"), ".3f"),
+            cell(row.get("fidelity"), ".1%"),
             "-" if speedup is None else f"{speedup:.2f}x",
         ]
         print(
             f"{mode:<12} {cells[0]:>11} {cells[1]:>11} {cells[2]:>10} {cells[3]:>7} "
-            f"{cells[4]:>11} {cells[5]:>13}"
+            f"{cells[4]:>11} {cells[5]:>10} {cells[6]:>8} {cells[7]:>13}"
         )
 
 

@@ -24,6 +24,11 @@ Per worker, over its records (one record per round):
 * ``slowdown_schedule`` = meta.json's ``[[from_s, factor], ...]`` (``[[0, slowdown]]`` for old logs)
 * ``timeline`` = ``[time, local_iterations, slowdown]`` of every record (the slowdown in force
   at the end of the round; meta.json's initial slowdown where a record has none)
+* device emulation only (meta.json's ``emulation`` is ``device``; else all ``null``):
+  ``overruns`` = sum(``overruns``), batches that missed their deadline;
+  ``overrun_fraction`` = overruns / local_iterations;
+  ``device_throughput`` = samples_per_s x ``device_unit_s`` / ``batch_size``, in batches per
+  device unit T0 (a lone slowdown-1 device: 1)
 
 Cluster:
 
@@ -37,6 +42,14 @@ Cluster:
   (both ``null`` when there is none)
 * ``num_workers`` = number of worker folders found (a warning goes to stderr when it differs
   from ``num_workers`` in a meta.json)
+* ``emulation`` and ``device_unit_s`` = rank 0's meta.json (``share`` for old logs)
+* ``fidelity`` = 1 - sum(overruns) / sum(local_iterations) over every worker: the share of
+  batches that took their device time exactly (device emulation only, else ``null``);
+  ``device_throughput`` = samples_per_s x device_unit_s / batch_size (ideal for ESync:
+  sum(1 / S_i)); ``fidelity_warnings`` = one text per worker whose share of batches on time
+  is below ``config.FIDELITY_WARNING`` (also printed to stderr)
+* ``accuracy`` rows use ``eval_time`` (the device time of the round the evaluated parameters
+  belong to) where a record has it, else ``time``
 
 Every rate whose denominator is 0 (no records yet) is 0.0.
 ``time_to_target(accuracy, target)`` is the first time with accuracy >= target, else None.
@@ -132,6 +145,9 @@ def worker_stats(meta: dict[str, Any], records: list[Record]) -> dict[str, Any]:
     samples = _sum(records, "samples")
     nbytes = _sum(records, "bytes_pushed") + _sum(records, "bytes_pulled")
     compute = _sum(records, "compute_s")
+    device = meta.get("emulation") == "device"
+    batches = _sum(records, "local_iterations")
+    overruns = _sum(records, "overruns") if device else None
     return {
         "rank": meta.get("rank"),
         "host": meta.get("host"),
@@ -150,12 +166,41 @@ def worker_stats(meta: dict[str, Any], records: list[Record]) -> dict[str, Any]:
         "samples_per_s": _rate(samples, wall),
         "bytes_per_s": _rate(nbytes, wall),
         "compute_time_ratio": _rate(compute, wall),
+        "overruns": overruns,
+        "overrun_fraction": _rate(overruns, batches) if device else None,
+        "device_throughput": _device_throughput(meta, _rate(samples, wall)),
         "slowdown_schedule": meta.get("slowdown_schedule", [[0.0, meta.get("slowdown")]]),
         "timeline": [
             [r["time"], r.get("local_iterations", 1), r.get("slowdown", meta.get("slowdown"))]
             for r in records
         ],
     }
+
+
+def _device_throughput(meta: dict[str, Any], samples_per_s: float) -> float | None:
+    """Samples per second in batches per device unit (device emulation only)."""
+    unit, batch = meta.get("device_unit_s"), meta.get("batch_size")
+    if meta.get("emulation") != "device" or not unit or not batch:
+        return None
+    return samples_per_s * unit / batch
+
+
+def fidelity(stats: list[dict[str, Any]]) -> tuple[float | None, list[str]]:
+    """Share of every worker's batches that were on time, and a warning per worker below
+    ``config.FIDELITY_WARNING`` (device emulation only)."""
+    device = [w for w in stats if w["overruns"] is not None]
+    batches = sum(w["local_iterations"] for w in device)
+    if not device or not batches:
+        return None, []
+    warnings = [
+        f"rank {w['rank']} (slowdown {w['slowdown']:g}, {w['host']}): "
+        f"{1 - w['overrun_fraction']:.1%} of its {w['local_iterations']:.0f} batches on time "
+        f"(< {config.FIDELITY_WARNING:.0%}); the host could not keep up with its device: give "
+        "a larger --device-unit or use fewer workers"
+        for w in device
+        if w["local_iterations"] and 1 - w["overrun_fraction"] < config.FIDELITY_WARNING
+    ]
+    return 1.0 - sum(w["overruns"] for w in device) / batches, warnings
 
 
 PLATEAU_SHARE = 0.2  # plateau_accuracy averages the evaluations of this last share of the run
@@ -260,8 +305,12 @@ def _accuracy(workers: list[tuple[dict[str, Any], list[Record]]]) -> tuple[list,
         warn("no rank-0 worker folder: no accuracy curve")
         return [], []
     evals = [r for r in rank0[0] if r.get("test_acc") is not None]
-    acc = [[float(r["time"]), float(r["test_acc"])] for r in evals]
-    loss = [[float(r["time"]), float(r["test_loss"])] for r in evals if "test_loss" in r]
+    acc = [[float(r.get("eval_time", r["time"])), float(r["test_acc"])] for r in evals]
+    loss = [
+        [float(r.get("eval_time", r["time"])), float(r["test_loss"])]
+        for r in evals
+        if "test_loss" in r
+    ]
     return acc, loss
 
 
@@ -280,6 +329,10 @@ def summarize(mode_dir: str | os.PathLike[str]) -> dict[str, Any]:
     nbytes = sum(w["bytes"] for w in stats)
     accuracy, loss = _accuracy(workers)
     accs = [a for _, a in accuracy]
+    on_time, warnings = fidelity(stats)
+    for text in warnings:
+        warn(f"{mode_dir.name}: {text}")
+    rank0 = next((m for m in metas if m.get("rank") == 0), metas[0])
     return {
         "mode": mode_dir.name,
         "network": metas[0].get("network", mode_dir.parent.name),
@@ -296,6 +349,11 @@ def summarize(mode_dir: str | os.PathLike[str]) -> dict[str, Any]:
         "final_accuracy": accs[-1] if accs else None,
         "best_accuracy": max(accs) if accs else None,
         "plateau_accuracy": plateau_accuracy(accuracy),
+        "emulation": rank0.get("emulation", "share"),
+        "device_unit_s": rank0.get("device_unit_s"),
+        "fidelity": on_time,
+        "fidelity_warnings": warnings,
+        "device_throughput": _device_throughput(rank0, _rate(samples, duration)),
         "workers": stats,
     }
 

@@ -20,7 +20,13 @@ that rates and time shares survive dropped messages and a State Server restart):
      "totals": {"rounds": 12, "samples": 2304, "compute_s": 2.1, "wait_s": 0.1,
                 "query_s": 0.05, "comm_s": 0.6, "eval_s": 0.0},
      "records": [{"round": 12, "time": 3.5, "local_iterations": 3, "samples": 192,
-                  "compute_s": 0.09, "slowdown": 4.0, "test_acc": 0.91, "test_loss": 0.3}]}
+                  "compute_s": 0.09, "slowdown": 4.0, "overruns": 0,
+                  "test_acc": 0.91, "test_loss": 0.3, "eval_time": 3.1}]}
+
+A record's ``overruns`` (device emulation only) counts its batches that missed their emulated
+deadline: the dashboard shows each worker's share of batches on time and the run's fidelity.
+``eval_time`` (only with ``test_acc``) is the device time of the round whose parameters were
+evaluated; the curves plot the accuracy and loss there (else at the record's ``time``).
 
 ``state`` is ``running``, ``finished`` (its last message) or ``failed`` (with ``error``).
 A run message (the launcher)::
@@ -65,6 +71,8 @@ RECORD_FIELDS = (
     "slowdown",
     "test_acc",
     "test_loss",
+    "eval_time",
+    "overruns",
 )
 SHARES = (  # the time split of the dashboard's bar: label and the timers it sums
     ("computing", ("compute_s",)),
@@ -97,6 +105,8 @@ class RoundPoint:
     slowdown: float | None = None
     test_acc: float | None = None
     test_loss: float | None = None
+    eval_time: float | None = None  # device time of the evaluated round (with test_acc)
+    overruns: int | None = None  # batches that missed their deadline (device emulation)
 
 
 @dataclass(frozen=True, slots=True)
@@ -243,6 +253,8 @@ _RECORD_OPTIONAL = {
     "slowdown": number(0.0, MAX_FACTOR),
     "test_acc": number(0.0, 1.0),
     "test_loss": number(0.0, MAX_FACTOR),
+    "eval_time": _SECONDS,
+    "overruns": _COUNT,
 }
 _TOTALS = {"rounds": _COUNT, "samples": _COUNT, **{name: _SECONDS for name in TIMERS}}
 _BUDGET = {
@@ -447,6 +459,8 @@ class WorkerProgress:
     totals: Totals = Totals()
     dropped: int = 0
     last_seen: float = 0.0
+    timed_batches: int = 0  # local iterations of the records that carry ``overruns``
+    overruns: int = 0  # the sum of their ``overruns``
 
 
 @dataclass
@@ -456,7 +470,7 @@ class RunProgress:
     run: str
     created: float
     updated: float
-    accuracy: Series  # rank 0's test accuracy (x: its training time)
+    accuracy: Series  # rank 0's test accuracy (x: the evaluated round's time)
     loss: Series
     mode: str | None = None
     num_workers: int | None = None
@@ -567,10 +581,14 @@ class ProgressStore:
                 w.sec_per_batch.add(rec.time, w.last_sec_per_batch)
             if rec.slowdown is not None:
                 w.slowdown = rec.slowdown
+            if rec.overruns is not None:
+                w.timed_batches += rec.local_iterations
+                w.overruns += rec.overruns
+            at = rec.time if rec.eval_time is None else rec.eval_time
             if msg.rank == 0 and rec.test_acc is not None:
-                run.accuracy.add(rec.time, rec.test_acc)
+                run.accuracy.add(at, rec.test_acc)
             if msg.rank == 0 and rec.test_loss is not None:
-                run.loss.add(rec.time, rec.test_loss)
+                run.loss.add(at, rec.test_loss)
 
     # --- reading ---------------------------------------------------------------------------
 
@@ -644,6 +662,7 @@ class ProgressStore:
             "accuracy": acc,
             "loss": run.loss.points(),
             "dropped": sum(w["dropped"] for w in workers),
+            "fidelity": _fidelity(list(run.workers.values())),
             "workers": workers,
         }
 
@@ -673,6 +692,7 @@ class ProgressStore:
             "last_seen": w.last_seen,
             "seen_ago_s": _r(max(0.0, now - w.last_seen)),
             "dropped": w.dropped,
+            "on_time": _fidelity([w]),
         }
 
     @staticmethod
@@ -695,6 +715,14 @@ def _size_conflict(run: RunProgress, says: int) -> ProgressError:
     return ProgressError(
         f"run {run.run!r} has {run.num_workers} workers, the message says {says}", 409
     )
+
+
+def _fidelity(workers: list[WorkerProgress]) -> float | None:
+    """The share of batches computed by their emulated-device deadline, over the records that
+    carry ``overruns``; None when none did (no device emulation)."""
+    batches = sum(w.timed_batches for w in workers)
+    late = sum(w.overruns for w in workers)
+    return _r(max(0.0, 1.0 - late / batches)) if batches > 0 else None
 
 
 def _straggler(workers: list[dict[str, Any]]) -> int | None:

@@ -20,6 +20,31 @@ def clean_env(**extra: str) -> dict[str, str]:
     return supervisor.child_env(1, extra, drop=supervisor.CLUSTER_VARS)
 
 
+# Launches in the tests use this device unit instead of a calibrated one (a probe costs seconds
+# a launch, and a calibrated T0 slows a test cluster ~3x); tests of the calibration itself pass
+# --emulation or --device-unit, which turns this off. They also evaluate inline unless they say
+# --evaluator: the evaluator process costs each launch ~3 s to start (an MXNet import) before
+# training; tests/test_device_time.py and tests/test_compare.py run it.
+TEST_DEVICE_UNIT = "0.02"
+
+
+def _given(args: list[str], *flags: str) -> bool:
+    return any(a.split("=")[0] in flags for a in args)
+
+
+def with_test_device_unit(args: list[str]) -> list[str]:
+    """``args`` of a launch.py command with the tests' device unit and inline evaluation,
+    unless it says how to emulate or to evaluate already."""
+    args = list(args)
+    if not args or args[0] != "launch.py":
+        return args
+    if not _given(args, "--device-unit", "--emulation"):
+        args += ["--device-unit", TEST_DEVICE_UNIT]
+    if not _given(args, "--evaluator"):
+        args += ["--evaluator", "inline"]
+    return args
+
+
 def run_py(args: list[str], timeout: float = 300, **env: str) -> subprocess.CompletedProcess:
     """Run ``python <args>`` from the repo root and capture its output.
 
@@ -27,7 +52,7 @@ def run_py(args: list[str], timeout: float = 300, **env: str) -> subprocess.Comp
     cluster it started) is killed, so nothing is left to disturb later tests.
     """
     proc = subprocess.Popen(
-        [PYTHON, *args],
+        [PYTHON, *with_test_device_unit(args)],
         cwd=ROOT,
         env=clean_env(**env),
         stdout=subprocess.PIPE,
@@ -47,7 +72,7 @@ def run_py(args: list[str], timeout: float = 300, **env: str) -> subprocess.Comp
 def start_launcher(log_dir: str, *flags: str) -> subprocess.Popen:
     """``launch.py <flags> -ld <log_dir>`` running in its own session, output captured."""
     return subprocess.Popen(
-        [PYTHON, "launch.py", *flags, "-ld", log_dir],
+        [PYTHON, *with_test_device_unit(["launch.py", *flags]), "-ld", log_dir],
         cwd=ROOT,
         env=clean_env(),
         stdout=subprocess.PIPE,

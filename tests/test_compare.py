@@ -22,6 +22,7 @@ MIN_FINAL_ACCURACY = 0.2
 
 def test_compare_writes_consistent_report(log_dir: str) -> None:
     flags = f"-w 3 --slowdowns 1,1,4 -n lenet --rounds 100000 --max-time 6 -e 3 --target {TARGET}"
+    flags += " --emulation device --evaluator process"  # the defaults: T0 probed, evaluator
     res = run_py(
         ["launch.py", "--compare", ",".join(MODES), *flags.split(), "-ld", log_dir]
         + ["--timeout", "120"],
@@ -51,6 +52,21 @@ def test_compare_writes_consistent_report(log_dir: str) -> None:
         assert row["time_to_target_s"] == time_to_target(summ["accuracy"], TARGET)
         assert row["time_to_target_s"] is not None, (mode, summ["accuracy"])
         assert 5.0 <= summ["duration_s"] < 15.0
+    # device time: one T0 for every mode, the fidelity and device throughput in every row
+    units = {summaries[m]["device_unit_s"] for m in MODES}
+    assert len(units) == 1 and f"T0 = {units.pop() * 1e3:.2f} ms" in res.stdout
+    assert "devices: device unit T0" in res.stdout and "workers of this mix fit" in res.stdout
+    for mode in MODES:
+        summ, row = summaries[mode], report["modes"][mode]
+        assert summ["emulation"] == "device" and 0.0 < summ["fidelity"] <= 1.0
+        assert row["fidelity"] == summ["fidelity"] and row["device_throughput"] > 0
+        batches = sum(w["local_iterations"] for w in summ["workers"])
+        overruns = sum(w["overruns"] for w in summ["workers"])
+        assert summ["fidelity"] == pytest.approx(1 - overruns / batches)
+    assert (
+        "fidelity" in res.stdout and "batches / T0" in open(os.path.join(base, "report.md")).read()
+    )
+    _check_evaluations(log_dir)
     esync_t = report["modes"]["esync"]["time_to_target_s"]
     for other in ("sync", "local"):
         other_t = report["modes"][other]["time_to_target_s"]
@@ -69,3 +85,19 @@ def test_compare_writes_consistent_report(log_dir: str) -> None:
     assert max(w["compute_time_ratio"] for w in fast) < min(
         w["compute_time_ratio"] for w in summaries["esync"]["workers"] if w["slowdown"] == 1.0
     )
+
+
+def _check_evaluations(log_dir: str) -> None:
+    """Rank 0's accuracy rows carry the device time of the round that was evaluated, and
+    its evaluation stays out of its compute time and off its clock."""
+    from conftest import read_rounds, worker_folders
+
+    for mode in MODES:
+        records = read_rounds(worker_folders(log_dir, "lenet", mode)[0])
+        by_round = {r["round"]: r for r in records}
+        evals = [r for r in records if "test_acc" in r]
+        assert evals and evals[-1]["eval_round"] == records[-1]["round"], mode
+        for e in evals:
+            assert e["eval_time"] == by_round[e["eval_round"]]["time"], (mode, e)
+        times = [r["time"] for r in records]
+        assert times == sorted(times)

@@ -142,6 +142,11 @@ def test_report_fields_consistent(drawn: tuple[Path, list[str]]) -> None:
             "min_compute_time_ratio": min(w["compute_time_ratio"] for w in s["workers"]),
             "num_workers": s["num_workers"],
             "split": s["split"],
+            "emulation": s["emulation"],
+            "device_unit_s": s["device_unit_s"],
+            "fidelity": s["fidelity"],
+            "device_throughput": s["device_throughput"],
+            "time_to_target_units": None,  # these fixtures are not device time
         }
     assert rep["modes"]["esync"]["min_compute_time_ratio"] == 0.25
     assert set(rep["esync_vs"]) == {"sync", "async", "local", "sync-niid"}

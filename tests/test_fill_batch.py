@@ -121,15 +121,13 @@ class _Sized(Strategy):
         return stop
 
 
-def _worker(sizes: list[int], slowdown: float) -> Worker:
+def _worker(sizes: list[int], slowdown: float, emulation: str = "share") -> Worker:
     worker = Worker.__new__(Worker)  # the parts compute_batch uses, without a model
-    args = argparse.Namespace(slowdown=Schedule.constant(slowdown), jitter=0.0, seed=1)
-    from trainer.slowdown import Emulator
+    from trainer.slowdown import make_emulation
 
-    worker.emulator = Emulator(args.slowdown, 0.0, 1)
+    worker.emulation = make_emulation(emulation, Schedule.constant(slowdown), 0.0, 1, 0.004)
     worker.mode = _Sized(sizes)
     worker.batches = _iterator(1000)
-    worker.busy_avg = 0.0
     worker.log = argparse.Namespace(elapsed=lambda: 1.0)
     worker._forward_backward = lambda x, y: time.sleep(0.002 * len(x) / B)
     worker.model = None
@@ -141,12 +139,32 @@ def test_the_loop_records_smaller_batches_and_keeps_c_per_full_batch() -> None:
     progress, stats = Progress(), RoundStats()
     for _ in range(2):
         worker.compute_batch(progress, stats)
-    c_full, busy_avg, waited = progress.c, worker.busy_avg, stats.extra["emulated_wait_s"]
+    busy_avg = worker.emulation.busy_avg
+    c_full, waited = progress.c, stats.extra["emulated_wait_s"]
     worker.compute_batch(progress, stats)  # the smaller one
-    assert progress.c == c_full and progress.k == 3 and worker.busy_avg == busy_avg
+    assert progress.c == c_full and progress.k == 3 and worker.emulation.busy_avg == busy_avg
     assert stats.extra["partial_samples"] == 16 and stats.samples == 2 * B + 16
     # its emulated wait is the device's for 16 samples: (4 - 1) x the typical busy x 16/64
     wait = stats.extra["emulated_wait_s"] - waited
     assert wait == pytest.approx(3 * busy_avg * 16 / B, abs=2e-6)
     worker.compute_batch(progress, stats)
     assert progress.c != c_full and stats.local_iterations == 4 and stats.samples == 3 * B + 16
+
+
+def test_under_device_time_c_is_the_devices_seconds_per_batch() -> None:
+    """Alg. 2 sees the emulated device: c = S x T0 whatever the host measured, a smaller
+    batch takes its share of the device time, and overruns are counted per round."""
+    worker = _worker([B, B, 16], slowdown=4.0, emulation="device")  # T0 = 4 ms, 16 ms a batch
+    progress, stats = Progress(), RoundStats()
+    for _ in range(2):
+        worker.compute_batch(progress, stats)
+    assert progress.c == pytest.approx(0.016) and stats.extra["overruns"] == 0
+    assert stats.compute_s == pytest.approx(0.032, abs=0.003)
+    worker.compute_batch(progress, stats)
+    assert progress.c == pytest.approx(0.016)  # unchanged by the smaller batch
+    assert stats.compute_s == pytest.approx(0.036, abs=0.003)
+    slow = _worker([B], slowdown=1.0, emulation="device")  # 4 ms device, 2 ms compute + sleep
+    slow._forward_backward = lambda x, y: time.sleep(0.006)  # the host is too slow for it
+    late = RoundStats()
+    slow.compute_batch(Progress(), late)
+    assert late.extra["overruns"] == 1 and late.extra["overrun_s"] >= 0.0015

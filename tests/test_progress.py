@@ -232,6 +232,35 @@ def test_straggler_shares_rates_and_accuracy_from_rank_0() -> None:
     json.dumps(snap, allow_nan=False)
 
 
+def test_on_time_per_worker_and_fidelity_per_run_from_overruns() -> None:
+    store = ProgressStore()
+    submit(store, rank=0, records=[_rec(1, overruns=1), _rec(2, local_iterations=5, overruns=0)])
+    submit(store, rank=0, records=[_rec(3, local_iterations=2, overruns=1)])  # sums go on
+    submit(
+        store, rank=1, records=[_rec(1, local_iterations=1, overruns=1), _rec(2)]
+    )  # 2nd: untimed
+    snap = store.snapshot(None, NOW)
+    w0, w1 = snap["workers"]
+    assert w0["on_time"] == pytest.approx(1 - 2 / (3 + 5 + 2), rel=1e-5)  # 0.8
+    assert w1["on_time"] == 0.0  # its one timed batch overran; the untimed record is not counted
+    assert snap["fidelity"] == pytest.approx(1 - (2 + 1) / (10 + 1), rel=1e-5)
+    json.dumps(snap, allow_nan=False)
+    store = ProgressStore()  # no device emulation: no record carries overruns
+    submit(store, rank=0)
+    snap = store.snapshot(None, NOW)
+    assert snap["fidelity"] is None and snap["workers"][0]["on_time"] is None
+
+
+def test_accuracy_and_loss_are_plotted_at_the_evaluated_rounds_time() -> None:
+    store = ProgressStore()
+    submit(store, rank=0, records=[_rec(10, test_acc=0.9, test_loss=0.3, eval_time=4.25)])
+    snap = store.snapshot(None, NOW)
+    assert snap["workers"][0]["time"] == 5.0  # the record's own time is still the worker's
+    assert snap["accuracy"] == [[4.25, 0.9]] and snap["loss"] == [[4.25, 0.3]]
+    submit(store, rank=0, records=[_rec(12, test_acc=0.95)])  # no eval_time: the record's time
+    assert store.snapshot(None, NOW)["accuracy"] == [[4.25, 0.9], [6.0, 0.95]]
+
+
 def test_no_straggler_with_one_worker_and_ties_pick_the_lowest_rank() -> None:
     store = ProgressStore()
     submit(store, rank=0)
@@ -327,6 +356,15 @@ MALFORMED = [  # (id, body, status, a fragment of the error)
     ("record-unknown", _with("records.0.loss", 1), 400, "unexpected field(s) 'loss'"),
     ("record-acc", _with("records.0.test_acc", 1.5), 400, "'records[0].test_acc' must be in"),
     ("record-samples", _with("records.0.samples", -64), 400, "'records[0].samples' must be"),
+    ("overruns-negative", _with("records.0.overruns", -1), 400, "'records[0].overruns' must be in"),
+    ("overruns-float", _with("records.0.overruns", 1.0), 400, "'records[0].overruns' must be an"),
+    (
+        "eval-time-string",
+        _with("records.0.eval_time", "3"),
+        400,
+        "'records[0].eval_time' must be a",
+    ),
+    ("eval-time-negative", _with("records.0.eval_time", -1), 400, "'records[0].eval_time' must be"),
     ("run-empty", b'{"msg_type": "run"}', 400, "name the run ('run') or give 'failed'"),
     ("run-failed-number", b'{"msg_type": "run", "failed": 1}', 400, "'failed' must be a string"),
     ("run-unknown-field", b'{"msg_type": "run", "rank": 1}', 400, "unexpected field(s) 'rank'"),
@@ -354,6 +392,7 @@ def test_random_mutations_raise_only_progress_errors() -> None:
     paths += ["state", "error", "slowdown", "epsilon", "rounds", "max_time", "dropped"]
     paths += ["totals", "totals.rounds", "totals.eval_s", "records", "records.0"]
     paths += ["records.0.round", "records.0.time", "records.0.test_loss", "records.0.slowdown"]
+    paths += ["records.0.overruns", "records.0.eval_time"]
     for _ in range(3000):
         body = _with(rng.choice(paths), rng.choice(values))
         try:
@@ -404,6 +443,22 @@ def test_page_of_a_running_run() -> None:
     assert "slack \N{GREEK SMALL LETTER EPSILON}" in html and "Alg. 2" in html
     assert "local steps this round" in html and "STRAGGLER" in html
     assert re.search(r'<polyline class="curve acc" fill="none" points="[\d.]+,[\d.]+"/>', html)
+
+
+def test_page_shows_each_workers_on_time_share_and_the_runs_fidelity() -> None:
+    store = ProgressStore()
+    submit(store, rank=0, records=[_rec(1, local_iterations=8, overruns=1)])  # 7 of 8 on time
+    submit(store, rank=1, records=[_rec(1)])  # reports no overruns
+    html = page.render_dashboard(store.snapshot(None, NOW))
+    rows = dict(re.findall(r'data-rank="(\d+)">(.*?)</tr>', html))
+    assert '<td class="on-time">87.5%</td>' in rows["0"]
+    assert '<td class="on-time">-</td>' in rows["1"]
+    assert ">on time</abbr>" in html
+    assert ">fidelity</abbr></dt><dd>87.5% of batches on time</dd>" in html
+    store = ProgressStore()
+    submit(store, rank=0)
+    html = page.render_dashboard(store.snapshot(None, NOW))
+    assert "fidelity" not in html and '<td class="on-time">-</td>' in html
 
 
 def test_line_chart_with_one_point_no_point_and_many() -> None:
@@ -517,6 +572,15 @@ def test_reporter_batches_rounds_and_sends_the_final_state(fake: FakeServer) -> 
     assert len(evaluated) == 12 and all(rec.test_loss is None for rec in evaluated)  # NaN left out
     rep.report(record(121))  # after finish: ignored
     assert rep.sent == 120
+
+
+def test_reporter_forwards_overruns_and_eval_time(fake: FakeServer) -> None:
+    rep = ProgressReporter(f"http://127.0.0.1:{fake.port}", META)
+    rep.report(record(1, overruns=2))
+    rep.report(record(2, overruns=0, test_acc=0.5, eval_time=0.5))
+    rep.finish(True)
+    recs = [rec for body in fake.bodies for rec in parse_progress(body).records]
+    assert [(r.overruns, r.eval_time) for r in recs] == [(2, None), (0, 0.5)]
 
 
 def test_reporter_retries_until_the_server_comes_up() -> None:

@@ -18,7 +18,13 @@ from summary import load_all
 from trainer import registry
 
 FIGURES = {"accuracy_iid.png", "throughput.png", "traffic.png", "compute_ratio.png"}
-HEADER = "mode          to 90% (s) plateau acc  samples/s    MB/s min compute ESync speedup"
+EMULATION = (
+    "Emulation: share (not device time: the figures include the contention of the host's cores)."
+)
+HEADER = (
+    "mode          to 90% (s) plateau acc  samples/s    MB/s min compute batches/T0 fidelity "
+    "ESync speedup"
+)
 
 
 def test_cell_formats_or_names_the_missing_value() -> None:
@@ -36,11 +42,12 @@ def test_print_table_one_row_per_mode_with_speedup(
     capsys.readouterr()
     report.print_table(rep)
     lines = capsys.readouterr().out.splitlines()
-    assert lines[0] == HEADER
-    assert [line.split()[0] for line in lines[1:]] == list(rep["modes"])
-    rows = {line.split()[0]: line for line in lines[1:]}
+    assert lines[:2] == [EMULATION, HEADER]  # these logs are not device time: no fidelity
+    assert [line.split()[0] for line in lines[2:]] == list(rep["modes"])
+    rows = {line.split()[0]: line for line in lines[2:]}
     assert rows["sync"] == (
-        "sync                32.0       0.938          4     0.0        0.19         8.00x"
+        "sync                32.0       0.938          4     0.0        0.19          -        -"
+        "         8.00x"
     )
     assert rows["local"].endswith(" 0.50x") and rows["esync"].endswith(" -")
     assert rows["async"].split()[1] == "-" and rows["async"].endswith(" -")  # never reached 90%
@@ -63,7 +70,10 @@ def test_write_all_writes_summaries_figures_and_report(
     out = capsys.readouterr().out
     assert f"summary: {net / 'esync-niid' / 'summary.json'}" in out
     assert f"figure: {net / 'traffic.png'}" in out
-    assert f"report: {net / 'report.md'}\nreport: {net / 'report.json'}\n\n{HEADER}\n" in out
+    assert (
+        f"report: {net / 'report.md'}\nreport: {net / 'report.json'}\n\n{EMULATION}\n{HEADER}\n"
+        in out
+    )
     assert out.rstrip().splitlines()[-1].startswith("sync-niid")
 
 

@@ -36,7 +36,8 @@ def test_a_run_writes_what_its_records_say(log_dir: str) -> None:
     folder = worker_folders(log_dir, "lenet", "local")[0]
     records = read_rounds(folder)
     scalars = read_scalars(folder)
-    evals = {r["round"]: r["test_acc"] for r in records if "test_acc" in r}
+    # an evaluation is logged at the round whose parameters it scored (eval_round)
+    evals = {r["eval_round"]: r["test_acc"] for r in records if "test_acc" in r}
     assert set(scalars["test/accuracy"]) == set(evals) == {10, 20, 30}
     for step, acc in evals.items():
         assert scalars["test/accuracy"][step] == pytest.approx(acc, abs=1e-6)

@@ -15,10 +15,10 @@ import numpy as np
 from mxnet import autograd, gluon
 
 import config
-from models import get_model, input_size
-from trainer import registry
+from trainer import calibrate, registry
 from trainer.checkpoint import Checkpointer, CheckpointError, read_json, save_parameters
 from trainer.cluster import JoinWatchdog, create_kvstore
+from trainer.evaluator import Evaluation, Evaluations, child_argv
 from trainer.layout import (
     MODEL_INFO,
     MODEL_PARAMS,
@@ -27,58 +27,17 @@ from trainer.layout import (
     split_of,
     worker_dir,
 )
+from trainer.network import build_model, evaluate, pick_device
 from trainer.options import run_dir_name
 from trainer.progress import progress_reporter
 from trainer.records import Resume, RoundStats, RunLog
-from trainer.slowdown import Emulator
+from trainer.slowdown import Schedule, make_emulation
 from trainer.strategy import Model, Progress, Strategy
 from trainer.watchdog import worker_watchdog
-from utils import BatchIterator, Dataset, load_dataset, partition, test_batches
+from utils import BatchIterator, Dataset, load_dataset, partition
 
 SMOOTHING = 0.5  # weight of the newest batch in the moving average of c
-BUSY_SMOOTHING = 0.1  # weight of the newest batch in the emulated slowdown's average
-
-
-def pick_device(gpu: int | None, force_cpu: bool) -> tuple[mx.Context, str]:
-    """CPU unless a GPU is asked for and exists; warns when the asked GPU is missing."""
-    if gpu is None or force_cpu:
-        return mx.cpu(), "cpu"
-    available = mx.context.num_gpus()
-    if gpu < 0 or gpu >= available:
-        print(
-            f"warning: GPU {gpu} asked for but {available} GPU(s) found; using the CPU",
-            file=sys.stderr,
-        )
-        return mx.cpu(), "cpu"
-    return mx.gpu(gpu), f"gpu{gpu}"
-
-
-def build_model(network: str, seed: int, data: Dataset, ctx: mx.Context) -> tuple[Model, int]:
-    """Initialised network (shapes inferred, hybridized) and the input side length it needs."""
-    mx.random.seed(seed)
-    net = get_model(network)
-    net.initialize(mx.init.Xavier(magnitude=2.24), ctx=ctx)
-    size = input_size(network, data.image_size)
-    # Infer shapes with a training-mode pass: an inference pass lets MKL-DNN keep convolution
-    # weights in its own blocked layout, which the KVStore cannot send.
-    with autograd.record():
-        net(mx.nd.zeros((2, data.channels, size, size), ctx=ctx))
-    net.hybridize()
-    return Model.wrap(net, ctx), size
-
-
-def evaluate(model: Model, data: Dataset, size: int, batch_size: int) -> tuple[float, float]:
-    """Test accuracy and mean cross-entropy of the current parameters."""
-    loss_fn = gluon.loss.SoftmaxCrossEntropyLoss()
-    correct, total, loss_sum = 0, 0, 0.0
-    for x, y in test_batches(data.test_x, data.test_y, max(batch_size, 256), size):
-        xs = mx.nd.array(x, ctx=model.ctx)
-        ys = mx.nd.array(y, ctx=model.ctx)
-        out = model.net(xs)
-        loss_sum += float(loss_fn(out, ys).sum().asscalar())
-        correct += int((out.argmax(axis=1) == ys.astype("float32")).sum().asscalar())
-        total += len(y)
-    return correct / total, loss_sum / total
+WARM_UP_PASSES = 3
 
 
 class Worker:
@@ -94,10 +53,18 @@ class Worker:
         size: int,
         log: RunLog,
         ckpt: Checkpointer,
+        evals: Evaluations | None = None,
     ) -> None:
         self.args = args
         self.ckpt = ckpt
-        self.emulator = Emulator(args.slowdown, args.jitter, args.seed * 1000 + mode.rank)
+        self.evals = evals  # rank 0's evaluations (None on the other ranks)
+        self.emulation = make_emulation(
+            args.emulation,
+            args.slowdown,
+            args.jitter,
+            args.seed * 1000 + mode.rank,
+            args.device_unit,
+        )
         self.last_acc: float | None = None
         self.mode = mode
         self.model = model
@@ -106,14 +73,16 @@ class Worker:
         self.size = size
         self.log = log
         self.loss_fn = gluon.loss.SoftmaxCrossEntropyLoss()
-        self.busy_avg = 0.0
         self.last_eval = time.perf_counter()
 
     def warm_up(self) -> None:
-        """One forward/backward pass without an update, so graph building is not timed as c."""
+        """Forward/backward passes without an update, so that graph building and the
+        engine's first allocations are not timed as device time (one pass left the first
+        two batches of a run 40 ms slower than the rest)."""
         x, y = next(self.batches)
-        self._forward_backward(x, y)
-        mx.nd.waitall()
+        for _ in range(WARM_UP_PASSES):
+            self._forward_backward(x, y)
+            mx.nd.waitall()
 
     def _forward_backward(self, x: np.ndarray, y: np.ndarray) -> None:
         xs = mx.nd.array(x, ctx=self.model.ctx)
@@ -122,63 +91,37 @@ class Worker:
             loss = self.loss_fn(self.model.net(xs), ys)
         loss.backward()
 
-    def _typical_busy(self, busy: float) -> float:
-        """Moving average of the measured compute time of a batch.
-
-        The emulated slowdown waits (S - 1) x this average rather than x the last batch alone:
-        on a shared 2-core host one batch can take 5x longer than the next, and multiplying
-        that noise by S would emulate an erratic device instead of a slower one.
-        """
-        self.busy_avg = (
-            busy
-            if self.busy_avg == 0.0
-            else (BUSY_SMOOTHING * busy + (1.0 - BUSY_SMOOTHING) * self.busy_avg)
-        )
-        return self.busy_avg
-
     def compute_batch(self, progress: Progress, stats: RoundStats) -> None:
-        """One local iteration, then the emulated slowdown; updates k, c and te.
+        """One local iteration on the emulated device; updates k, c and te.
 
         The strategy sizes the batch (``next_batch_size``); a smaller one is emulated as
-        the same device (its wait scales with its size), adds to ``partial_samples``, and
-        leaves c, the seconds per full batch, as it was.
+        the same device (its device time scales with its size), adds to ``partial_samples``,
+        and leaves c, the device's seconds per full batch, as it was.
         """
-        started = time.perf_counter()
+        self.emulation.start()
         n = self.mode.next_batch_size(progress)
         full = n >= self.batches.batch_size
         x, y = next(self.batches) if full else self.batches.take(n)
         self._forward_backward(x, y)
         self.mode.local_update(self.model)
         mx.nd.waitall()
-        busy = time.perf_counter() - started
-        typical = self._typical_busy(busy) if full else self._partial_busy(busy, len(y))
-        wait, factor = self.emulator.wait(typical, self.log.elapsed())
-        if wait > 0.0:
-            time.sleep(wait)
-        stats.extra["slowdown"] = factor
-        stats.extra["emulated_wait_s"] = round(stats.extra.get("emulated_wait_s", 0.0) + wait, 6)
-        seconds = time.perf_counter() - started
+        timing = self.emulation.finish(self.log.elapsed(), len(y) / self.batches.batch_size)
+        extra = stats.extra
+        extra["slowdown"] = timing.factor
+        extra["emulated_wait_s"] = round(extra.get("emulated_wait_s", 0.0) + timing.wait, 6)
+        if self.emulation.name == "device":
+            extra["overruns"] = extra.get("overruns", 0) + (timing.overrun_s > 0.0)
+            extra["overrun_s"] = round(extra.get("overrun_s", 0.0) + timing.overrun_s, 6)
         if full:
-            progress.c = (
-                seconds
-                if progress.c == 0.0
-                else (SMOOTHING * seconds + (1.0 - SMOOTHING) * progress.c)
-            )
+            c = timing.device_s
+            progress.c = c if progress.c == 0.0 else SMOOTHING * c + (1.0 - SMOOTHING) * progress.c
         else:
-            stats.extra["partial_samples"] = stats.extra.get("partial_samples", 0) + len(y)
+            extra["partial_samples"] = extra.get("partial_samples", 0) + len(y)
         progress.k += 1
         progress.te = time.time()
-        stats.compute_s += seconds
+        stats.compute_s += timing.seconds
         stats.local_iterations += 1
         stats.samples += len(y)
-
-    def _partial_busy(self, busy: float, n: int) -> float:
-        """The compute time the emulated device takes for a smaller batch of ``n`` samples:
-        the typical full batch's, scaled by its share of the batch (the moving average of
-        full batches is left alone)."""
-        if self.busy_avg == 0.0:
-            return busy
-        return self.busy_avg * n / self.batches.batch_size
 
     def wants_stop(self, round_no: int) -> bool:
         """This worker's own stopping rule (the modes make it collective where needed)."""
@@ -196,20 +139,12 @@ class Worker:
         )
 
     def end_round(self, round_no: int, stats: RoundStats, stop: bool, started: float) -> None:
-        """Evaluate (rank 0), checksum, and write the round's record."""
+        """Evaluate (rank 0), checksum, and write the round's record, stamped with the device
+        time at which the round ended (evaluation and checkpoints come after it)."""
         args = self.args
-        if self.mode.rank == 0 and (stop or self.eval_due(round_no)):
-            t0 = time.perf_counter()
-            acc, loss = evaluate(self.model, self.data, self.size, args.batch_size)
-            self.last_eval = time.perf_counter()
-            stats.eval_s += self.last_eval - t0
-            stats.extra.update(test_acc=round(acc, 6), test_loss=round(loss, 6))
-            self.last_acc = acc
-            print(
-                f"[Iteration {round_no}] Test Acc {acc:.3f} Loss {loss:.4f} "
-                f"Time {self.log.elapsed():.1f}s",
-                flush=True,
-            )
+        round_time = self.log.elapsed()
+        if self.evals is not None:
+            self.evaluate_round(round_no, round_time, stats, stop)
         every = args.checksum_every
         if self.mode.synchronous and every > 0 and (round_no % every == 0 or stop):
             stats.extra["checksum"] = self.model.checksum()
@@ -217,7 +152,37 @@ class Worker:
             self.save(round_no, stats, stop)
         accounted = stats.compute_s + stats.query_s + stats.comm_s + stats.eval_s
         stats.wait_s = max(0.0, time.perf_counter() - started - accounted)
-        self.log.write(stats.as_record(round_no, self.log.elapsed()))
+        self.log.write(stats.as_record(round_no, round_time))
+
+    def evaluate_round(self, round_no: int, round_time: float, stats: RoundStats, stop: bool):
+        """Rank 0: take the evaluations that came back, hand this round's parameters to the
+        evaluator when one is due (the last round's always), and keep the time this takes
+        off the device clock (trainer/evaluator.py)."""
+        t0 = time.perf_counter()
+        assert self.evals is not None
+        stats.extra.update(self.evals.check())
+        done = self.evals.results()
+        if stop:
+            done += self.evals.final(round_no, round_time)
+        elif self.eval_due(round_no) and self.evals.submit_if_ready(
+            self.model.net, round_no, round_time
+        ):
+            self.last_eval = time.perf_counter()
+        for evaluation in done:
+            self.announce(evaluation)
+        if done:
+            stats.extra.update(done[-1].fields())
+        spent = time.perf_counter() - t0
+        stats.eval_s += spent
+        self.log.exclude(spent)
+
+    def announce(self, evaluation: Evaluation) -> None:
+        self.last_acc = evaluation.test_acc
+        print(
+            f"[Iteration {evaluation.round}] Test Acc {evaluation.test_acc:.3f} "
+            f"Loss {evaluation.test_loss:.4f} Time {evaluation.time:.1f}s",
+            flush=True,
+        )
 
     def save(self, round_no: int, stats: RoundStats, stop: bool) -> None:
         """A checkpoint; after the last round rank 0 also saves the model with its facts."""
@@ -238,8 +203,11 @@ class Worker:
     def run(self, first: int = 0) -> int:
         """Train from round ``first + 1`` until the rounds or the time budget are used;
         returns the number of the last round."""
-        progress, stats = Progress(), RoundStats()
+        # an emulated device's c is known before its first batch: Alg. 2 can pace round 1
+        progress, stats = Progress(c=self.emulation.expected_s(self.log.elapsed())), RoundStats()
         round_no, round_started = first, time.perf_counter()
+        if progress.c > 0.0:
+            self.mode.device_known(progress.c)
         self.mode.begin_round(first + 1, stats)
         watchdog = worker_watchdog()  # started with the KVStore; a no-op one when standalone
         watchdog.beat()  # arms the no-progress guard (--failure-timeout per round)
@@ -247,6 +215,7 @@ class Worker:
             if self.mode.should_sync(progress, stats):
                 round_no += 1
                 stop = self.mode.synchronise(self.model, stats, self.wants_stop(round_no))
+                self.emulation.interrupt()
                 with watchdog.paused():  # evaluation and checkpoints are not a hang
                     self.end_round(round_no, stats, stop, round_started)
                 if stop:
@@ -271,12 +240,13 @@ def connect(args: argparse.Namespace, spec: registry.ModeSpec):
     return kv
 
 
-def broadcast_from_rank0(kv, value: int) -> int:
-    """Rank 0's ``value`` on every worker (a collective call, like KVStore init)."""
+def broadcast_from_rank0(kv, value: float, key: int = RESUME_KEY) -> float:
+    """Rank 0's ``value`` on every worker (a collective call, like KVStore init; float32:
+    round numbers stay exact below 2**24)."""
     array = mx.nd.array([value])
-    kv.init(RESUME_KEY, array)
-    kv.pull(RESUME_KEY, out=array)
-    return int(array.asscalar())
+    kv.init(key, array)
+    kv.pull(key, out=array)
+    return float(array.asscalar())
 
 
 def resume_round(args: argparse.Namespace, ckpt: Checkpointer, kv, synchronous: bool) -> int:
@@ -288,7 +258,7 @@ def resume_round(args: argparse.Namespace, ckpt: Checkpointer, kv, synchronous: 
     if not args.resume:
         return 0
     own = ckpt.newest() or 0
-    agreed = broadcast_from_rank0(kv, own) if kv is not None and synchronous else own
+    agreed = int(broadcast_from_rank0(kv, own)) if kv is not None and synchronous else own
     if agreed == 0:
         print(
             f"warning: --resume: no checkpoint in {ckpt.folder}; starting afresh", file=sys.stderr
@@ -325,6 +295,8 @@ def worker_meta(args: argparse.Namespace, mode: Strategy, device: str, shard_siz
         "slowdown": args.slowdown.at(0.0),
         "slowdown_schedule": args.slowdown.describe(),
         "jitter": args.jitter,
+        "emulation": args.emulation,
+        "device_unit_s": args.device_unit,
         "batch_size": args.batch_size,
         "lr": args.lr,
         "local_lr": args.local_lr,
@@ -349,13 +321,50 @@ def make_batches(
     return BatchIterator(data.train_x, data.train_y, shard, args.batch_size, seed=seed, size=size)
 
 
-def start_training(args: argparse.Namespace, model: Model, size: int):
-    """Strategy, KVStore, checkpoint (loaded when resuming) and the collective setup."""
+DEVICE_UNIT_KEY = 999_979  # KVStore key of the device-unit broadcast; no strategy uses it
+START_KEY = 999_961  # KVStore key of the start barrier
+
+
+def resolve_device_unit(args: argparse.Namespace, kv) -> None:
+    """``args.device_unit`` for device emulation without ``--device-unit`` (a cluster started
+    by hand; launch.py calibrates the whole cluster and passes it): rank 0 probes itself as
+    a lone device and every worker takes its value, so that all agree."""
+    if args.emulation != "device" or args.device_unit is not None:
+        return
+    plan = calibrate.plan_unit(
+        calibrate.probe(args), [Schedule.constant(1.0)], calibrate.machine_cores(), args.threads
+    )
+    unit = plan.unit_s if kv is None else broadcast_from_rank0(kv, plan.unit_s, DEVICE_UNIT_KEY)
+    args.device_unit = float(unit)
+    if kv is None or kv.rank == 0:
+        print(
+            f"{plan.describe(1)}; calibrated here for one device (launch.py calibrates for "
+            "the whole cluster; --device-unit sets it)",
+            flush=True,
+        )
+
+
+def start_evaluations(args: argparse.Namespace, model: Model, data: Dataset, size: int):
+    """Rank 0's evaluations, ready before training starts (trainer/evaluator.py)."""
+    evals = Evaluations(
+        args.evaluator, child_argv(args), lambda: evaluate(model, data, size, args.batch_size)
+    )
+    evals.wait_ready()
+    return evals
+
+
+def start_training(args: argparse.Namespace, model: Model, data: Dataset, size: int):
+    """Strategy, KVStore, device unit, rank 0's evaluator, checkpoint (loaded when resuming)
+    and the collective setup."""
     spec = registry.get(args.mode)
     mode = spec.load().from_args(args)
+    evals = None
     with JoinWatchdog(args.connect_timeout) if spec.distributed else contextlib.nullcontext():
         kv = connect(args, spec)
         rank, num_workers = (kv.rank, kv.num_workers) if kv is not None else (0, 1)
+        resolve_device_unit(args, kv)
+        if rank == 0:  # before the collective setup: the others wait there, not training
+            evals = start_evaluations(args, model, data, size)
         folder = checkpoint_dir(mode_dir(args.log_dir, args.network, run_dir_name(args)))
         ckpt = Checkpointer(
             folder,
@@ -367,7 +376,7 @@ def start_training(args: argparse.Namespace, model: Model, size: int):
         first = resume_round(args, ckpt, kv, spec.load().synchronous)
         state = ckpt.load(first, model.net, model.ctx) if first else {}
         mode.setup(model, kv)  # rank 0's (possibly loaded) parameters reach every worker
-    return mode, ckpt, first, state
+    return mode, ckpt, first, state, evals, kv
 
 
 def run(args: argparse.Namespace, distributed: bool) -> int:
@@ -375,27 +384,52 @@ def run(args: argparse.Namespace, distributed: bool) -> int:
     ctx, device = pick_device(args.gpu, bool(args.cpu))
     data = load_dataset(args.dataset, args.data_dir, seed=args.seed)
     model, size = build_model(args.network, args.seed, data, ctx)
-    mode, ckpt, first, state = start_training(args, model, size)
+    mode, ckpt, first, state, evals, kv = start_training(args, model, data, size)
+    try:
+        rounds, elapsed = train(
+            args, mode, model, data, size, ckpt, first, state, evals, kv, device
+        )
+    finally:
+        if evals is not None:
+            evals.close()
+    print(f"[worker {mode.rank}] done after {rounds} rounds in {elapsed:.1f}s", flush=True)
+    return 0
+
+
+def train(
+    args, mode, model, data, size, ckpt, first, state, evals, kv, device
+) -> tuple[int, float]:
+    """The records and the loop of one worker; (last round, seconds of device time)."""
     rank, num_workers = mode.rank, mode.num_workers
     batches = make_batches(args, data, rank, num_workers, size)
     meta = worker_meta(args, mode, device, len(batches.indices))
+    if evals is not None:
+        meta.update(evaluator=evals.current.kind, evaluator_pid=evals.pid)
     folder = worker_dir(args.log_dir, args.network, run_dir_name(args), meta["host"], device, rank)
     resume = Resume(first, state.get("elapsed", 0.0), str(ckpt.folder)) if first else None
     log = RunLog(folder, meta, resume, reporter=progress_reporter(args, meta))
-    worker = Worker(args, mode, model, data, batches, size, log, ckpt)
+    worker = Worker(args, mode, model, data, batches, size, log, ckpt, evals)
     worker.warm_up()
     if state.get("batches"):
         batches.restore(state["batches"])
+    if kv is not None:  # every device starts together, whoever set up faster
+        broadcast_from_rank0(kv, 0.0, START_KEY)
+    log.start_clock()
     print(
         f"[worker {rank}/{num_workers}] {args.mode} {args.network} on {device}, shard "
-        f"{len(batches.indices)} samples, slowdown {args.slowdown}, logs in {folder}"
-        + (f", resumed after round {first}" if first else ""),
+        f"{len(batches.indices)} samples, slowdown {args.slowdown}, {emulation_note(args)}, "
+        f"logs in {folder}" + (f", resumed after round {first}" if first else ""),
         flush=True,
     )
     rounds = worker.run(first)
     worker.log.close()
-    print(f"[worker {rank}] done after {rounds} rounds in {worker.log.elapsed():.1f}s", flush=True)
-    return 0
+    return rounds, worker.log.elapsed()
+
+
+def emulation_note(args: argparse.Namespace) -> str:
+    if args.emulation == "device":
+        return f"device emulation (T0 = {args.device_unit * 1e3:.2f} ms)"
+    return f"{args.emulation} emulation"
 
 
 def evaluate_saved(args: argparse.Namespace) -> int:

@@ -235,6 +235,9 @@ class ESync(_Summing):
         mx.nd.waitall()
         return stop_all
 
+    def device_known(self, c: float) -> None:
+        self._c = c  # round 1's reset already tells the State Server who is slowest
+
     def begin_round(self, round_no: int, stats: RoundStats) -> None:
         """Tell the State Server this worker starts ``round_no`` now (its te)."""
         started = time.perf_counter()

@@ -7,8 +7,9 @@ import argparse
 import config
 from models import MODEL_NAMES
 from trainer import registry
+from trainer.evaluator import EVALUATORS
 from trainer.layout import mode_dir_name
-from trainer.slowdown import Schedule, ScheduleError, schedule_arg
+from trainer.slowdown import EMULATIONS, Schedule, ScheduleError, schedule_arg
 from utils import DATASETS
 
 
@@ -172,8 +173,10 @@ def build_parser() -> argparse.ArgumentParser:
         "--jitter",
         type=_non_negative_float,
         default=config.JITTER,
-        help="multiply each emulated wait by a seeded log-normal factor exp(N(0, sigma^2))",
+        help="multiply each batch's device time (share: each wait) by a seeded log-normal "
+        "factor exp(N(0, sigma^2))",
     )
+    add_emulation_arguments(p)
     p.add_argument("--seed", type=int, default=config.SEED)
     p.add_argument(
         "--threads",
@@ -233,6 +236,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="continue after the newest checkpoint in the run's log folder",
     )
     p.add_argument(
+        "--probe-device",
+        dest="probe_device",
+        action="store_true",
+        help="time this network's training batch on this process, print it as JSON, exit "
+        "(launch.py calibrates the device unit with it)",
+    )
+    p.add_argument(
         "--evaluate",
         metavar="PATH",
         default=None,
@@ -241,6 +251,35 @@ def build_parser() -> argparse.ArgumentParser:
     )
     add_algorithm_arguments(p)
     return p
+
+
+def add_emulation_arguments(p: argparse.ArgumentParser) -> None:
+    """How devices are emulated (trainer/slowdown.py) and where rank 0 evaluates; launch.py
+    shares these."""
+    p.add_argument(
+        "--emulation",
+        choices=EMULATIONS,
+        default=config.EMULATION,
+        help="device: every batch takes S x T0 seconds (compute, then sleep to the deadline; "
+        "misses are counted as overruns); share: wait (S-1) x the measured compute time; "
+        "none: no emulation (real devices)",
+    )
+    p.add_argument(
+        "--device-unit",
+        dest="device_unit",
+        type=_positive_float,
+        default=config.DEVICE_UNIT_S,
+        metavar="SECONDS",
+        help="device emulation: T0, the seconds per batch of a slowdown-1 device (default: "
+        "calibrated by launch.py for the cluster, or by rank 0 for one device)",
+    )
+    p.add_argument(
+        "--evaluator",
+        choices=EVALUATORS,
+        default=config.EVALUATOR,
+        help="process: rank 0 hands parameter snapshots to a separate evaluator process "
+        "(evaluation is never device time); inline: rank 0 evaluates itself",
+    )
 
 
 def _unit_interval(text: str) -> float:

@@ -35,7 +35,7 @@ __all__ = ["ProgressReporter", "progress_reporter"]
 
 _BACKOFF_START_S = 0.1
 _BACKOFF_MAX_S = 5.0
-_OPTIONAL_NUMBERS = ("slowdown", "test_acc", "test_loss")  # dropped when not finite
+_OPTIONAL_NUMBERS = ("slowdown", "test_acc", "test_loss", "eval_time")  # dropped when not finite
 
 
 def run_name(meta: dict[str, Any]) -> str:

@@ -60,7 +60,9 @@ class RunLog:
         self.reporter = reporter
         os.makedirs(folder, exist_ok=True)
         self.folder = folder
-        self.started_at = time.time() - (resume.elapsed if resume else 0.0)
+        self.resumed_at = resume.elapsed if resume else 0.0
+        self.started_at = time.time() - self.resumed_at
+        self.off_clock = 0.0
         self.meta = {**meta, "started_at": self.started_at}
         rounds_path = os.path.join(folder, ROUNDS_NAME)
         kept: list[dict[str, Any]] = []
@@ -73,8 +75,19 @@ class RunLog:
         self.board = TensorBoardLog(folder, self.started_at, kept, resume is not None)
 
     def elapsed(self) -> float:
-        """Seconds since this worker started training."""
-        return time.time() - self.started_at
+        """Seconds of device time since this worker started training: wall time less what
+        ``exclude`` took off the clock (rank 0's evaluations)."""
+        return time.time() - self.started_at - self.off_clock
+
+    def start_clock(self) -> None:
+        """Training starts now (after the set-up, when every worker is ready)."""
+        self.started_at = self.board.started_at = time.time() - self.resumed_at
+        self.meta["started_at"] = self.started_at
+        _write_json_atomically(os.path.join(self.folder, META_NAME), self.meta)
+
+    def exclude(self, seconds: float) -> None:
+        """Take ``seconds`` that were not device time off the clock."""
+        self.off_clock += seconds
 
     def write(self, record: dict[str, Any]) -> None:
         """Append one round and flush it, so a killed process loses at most one line."""
@@ -127,11 +140,13 @@ class TensorBoardLog:
         }
         if "slowdown" in record:
             scalars["worker/slowdown"] = record["slowdown"]
-        if "test_acc" in record:
-            scalars["test/accuracy"] = record["test_acc"]
-            scalars["test/loss"] = record.get("test_loss", 0.0)
         for tag, value in scalars.items():
             self.writer.add_scalar(tag, value, step, walltime=wall)
+        if "test_acc" in record:  # at the round the evaluated parameters belong to
+            at = record.get("eval_round", step)
+            when = self.started_at + record.get("eval_time", seconds)
+            self.writer.add_scalar("test/accuracy", record["test_acc"], at, walltime=when)
+            self.writer.add_scalar("test/loss", record.get("test_loss", 0.0), at, walltime=when)
 
     def close(self) -> None:
         self.writer.close()

@@ -131,3 +131,8 @@ class Strategy(ABC):
     def begin_round(self, round_no: int, stats: RoundStats) -> None:
         """Called just before the first batch of round ``round_no`` (after its records)."""
         return None
+
+    def device_known(self, c: float) -> None:
+        """Under device emulation, the device's seconds per batch, known before training
+        starts (called once, before the first ``begin_round``). Default: nothing."""
+        return None

@@ -43,6 +43,14 @@ SHARE_HELP = (
     "push/pull and State Server requests, blocking on the others included), evaluating the "
     "test set (rank 0), and waiting for anything else"
 )
+ON_TIME_HELP = (
+    "device emulation: share of this worker's batches computed by their emulated-device "
+    "deadline (the rest overran it: the host was too slow to emulate the device)"
+)
+FIDELITY_HELP = (
+    "device emulation: share of all workers' batches computed by their emulated-device "
+    "deadline; below 100% the host could not keep up with the emulated devices"
+)
 _STYLE = """
 body{font:14px/1.4 system-ui,sans-serif;margin:1.2em 1.6em;color:#222;background:#fafafa}
 h1{font-size:1.35em;margin:0 0 .4em}h1 .run{font-weight:normal;color:#555}
@@ -189,6 +197,9 @@ def facts(snap: Snapshot) -> str:
     if snap.get("epsilon") is not None:
         label = _abbr("slack \N{GREEK SMALL LETTER EPSILON}", EPSILON_HELP)
         items.append((label, _e(f"{snap['epsilon']:g} s")))
+    if snap.get("fidelity") is not None:
+        label = _abbr("fidelity", FIDELITY_HELP)
+        items.append((label, _e(f"{_percent(snap['fidelity'])} of batches on time")))
     if snap.get("dropped"):
         items.append((_e("reports lost"), _e(snap["dropped"])))
     boxes = "".join(
@@ -263,6 +274,7 @@ def workers_table(snap: Snapshot) -> str:
             "rounds",
             _abbr("local steps this round", STEPS_HELP) + "<br>(and per round over time)",
             "seconds per batch<br>(and over time)",
+            _abbr("on time", ON_TIME_HELP),
             _abbr("where the time goes", SHARE_HELP),
             "samples/s",
             "last seen",
@@ -270,7 +282,7 @@ def workers_table(snap: Snapshot) -> str:
     )
     rows = "".join(worker_row(w, snap.get("straggler")) for w in snap["workers"])
     if not rows:
-        rows = '<tr><td class="text muted" colspan="11">no worker has reported yet</td></tr>'
+        rows = '<tr><td class="text muted" colspan="12">no worker has reported yet</td></tr>'
     legend = "".join(
         f'<span><i style="background:{_SEG_COLOURS[label]}"></i>{_e(label)}</span>'
         for label, _ in SHARES
@@ -307,6 +319,7 @@ def worker_row(w: Mapping[str, Any], straggler: int | None) -> str:
         _e(w["round"]),
         f'<div class="cell">{_e(_or_dash(w.get("local_steps")))}{steps}</div>',
         f'<div class="cell">{_e(fmt_number(w.get("sec_per_batch"), "s"))}{spb}</div>',
+        f'<td class="on-time">{_e(_percent(w.get("on_time")))}</td>',
         f'<div class="cell">{bar}<span>{_e(_whole_percent(computing))} computing</span></div>',
         _e(fmt_number(w.get("samples_per_s"))),
         _e(f"{fmt_duration(w.get('seen_ago_s'))} ago"),
