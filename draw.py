@@ -147,7 +147,7 @@ def plot_accuracy(
             0.5, 0.5, "no distributed run with test accuracy", ha="center", transform=ax.transAxes
         )
     ax.set_title(_title(summaries, f"test accuracy vs time ({split_name(split)} split)"))
-    ax.set_xlabel("wall-clock time since start (s)")
+    ax.set_xlabel("rank 0's device time since start (s)")
     ax.set_ylabel("test accuracy")
     ax.yaxis.set_major_formatter(PercentFormatter(1.0))
     ax.set_xlim(left=0)
@@ -360,7 +360,7 @@ def plot_local_iterations(summary: Summary, path: Path) -> str:
     for moment in _schedule_changes(summary):
         ax.axvline(moment, color="black", linestyle="--", linewidth=1, alpha=0.6)
     ax.set_title(_title({"x": summary}, f"{label(summary['mode'])}: local steps per round"))
-    ax.set_xlabel("wall-clock time since start (s); dashed: a device changes speed")
+    ax.set_xlabel("device time since start (s); dashed: a device changes speed")
     ax.set_ylabel("local iterations in the round")
     ax.set_yscale("log")
     ax.grid(alpha=0.3)
