@@ -17,8 +17,7 @@ SPLIT_BY_CLASS = 0  # 1: non-iid split, contiguous shards of the label-sorted tr
 SEED = 42
 
 # --- optimiser ------------------------------------------------------------------------
-LEARNING_RATE = 0.05  # -l: SGD learning rate; -ll (esync local steps) defaults to it
-LEARNING_RATE_GLOBAL = 1.0  # -gl: esync global step, w += gl * sum(delta) / p
+LEARNING_RATE = 0.05  # -l: SGD learning rate; -ll (the local steps) defaults to it
 
 # --- stopping and evaluation ----------------------------------------------------------
 ROUNDS = 200  # global rounds (esync / sync) or iterations (async / local)
@@ -30,19 +29,8 @@ CHECKPOINT_EVERY_ROUNDS = 20  # --checkpoint-every: write a checkpoint every N r
 CHECKPOINTS_KEPT = 3  # the newest checkpoints kept; older ones are deleted
 
 # --- algorithms -----------------------------------------------------------------------
-STATE_PROTOCOL = "nonblocking"  # --state-protocol: nonblocking (delayed ACK) | blocking (Alg. 2)
-FILL_LAST_BATCH = 1  # --fill-last-batch: a smaller last batch instead of idling (esync)
-FILL_MIN_SAMPLES = 8  # the smallest last batch: max(this, batch / 8) samples, else idle
-LOCAL_STEPS = 10  # --local-steps E of fedavg / fedasync (docs/reproduction.md: tuning)
-FEDASYNC_ALPHA = 0.6  # --alpha of fedasync (Xie et al. 2019)
-FEDASYNC_STALENESS = "polynomial"  # --staleness: constant | polynomial | hinge
-FEDASYNC_STALENESS_A = 0.5  # --staleness-a
-FEDASYNC_STALENESS_B = 4.0  # --staleness-b (hinge)
-PROX_MU = None  # --mu of FedProx's proximal term; None: the mode's own default below
-FEDAVG_MU = 0.0  # fedavg without --mu is plain FedAvg (--mu > 0 makes it FedProx)
-ESYNC_PROX_MU = 0.3  # esync-prox without --mu (docs/reproduction.md: tuning)
-SERVER_MOMENTUM = None  # --server-momentum beta; None: the mode's own default below
-ESYNC_M_MOMENTUM = 0.8  # esync-m without --server-momentum (docs/reproduction.md)
+# Each algorithm's own defaults are attributes of its strategy class (trainer/modes.py,
+# trainer/federated.py) and of its pacing policy (trainer/pacing.py), next to its flags.
 
 # --- paths ----------------------------------------------------------------------------
 ROOT = os.path.dirname(os.path.abspath(__file__))
@@ -82,7 +70,6 @@ FAILURE_TIMEOUT_S = 30.0  # --failure-timeout: every process exits this long aft
 # --- state server ---------------------------------------------------------------------
 STATE_SERVER_IP = "127.0.0.1"
 STATE_SERVER_PORT = 10010
-EPSILON = 0.0  # Alg. 2 slack in seconds, c_asker + epsilon > rest of the slowest
 STATE_SERVER_RETRY_S = 60.0  # how long a worker retries an unreachable State Server
 STATE_SERVER_KIND = "runserver"  # launch.py --state-server: runserver | gunicorn
 STATE_SERVER_START_S = 60.0  # how long launch.py waits for its State Server to answer

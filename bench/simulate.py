@@ -44,12 +44,11 @@ from typing import Any
 from StateServer.dispatcher import Engine
 from StateServer.messages import HoldMsg, InitMsg, QueryMsg, ReportMsg, ResetMsg, ResponseMsg
 from StateServer.router import Router
+from trainer.pacing import partial_batch, smoothed  # the workers' own rules
 
 PROTOCOLS = ("blocking", "nonblocking", "nonblocking+fill", "ssgd")
-SMOOTHING = 0.5  # as trainer/loop.py: weight of the newest batch in c
 BASE_BATCH_S = 0.015  # a fast worker's batch (lenet, batch 64, this machine)
 BATCH = 64
-MIN_PARTIAL = 8
 CAPACITY = 3300.0  # requests/s of one runserver State Server (bench/bench_state_server.py)
 FIGURE = Path(__file__).resolve().parent.parent / "docs" / "figures" / "simulate.png"
 
@@ -256,7 +255,7 @@ class Sim:
         w.compute_s += seconds
         w.k += 1
         if n == BATCH:
-            w.c = seconds if w.c == 0.0 else SMOOTHING * seconds + (1 - SMOOTHING) * w.c
+            w.c = smoothed(w.c, seconds)
         else:
             self.partial += n
         if self.setup.protocol == "ssgd":
@@ -299,10 +298,9 @@ class Sim:
             self.compute(w, w.last or BATCH)
 
     def fill_size(self, w: _Worker) -> int:
-        if w.finish_at is None or w.c <= 0.0:
+        if w.finish_at is None:
             return 0
-        fit = min(BATCH, int(BATCH * (w.finish_at - self.now - self.setup.epsilon) / w.c))
-        return fit // MIN_PARTIAL * MIN_PARTIAL if fit >= MIN_PARTIAL else 0
+        return partial_batch(w.finish_at - self.now - self.setup.epsilon, w.c, BATCH)
 
     # --- the non-blocking channel (trainer.state_client.ProgressChannel's rules) -----------
 

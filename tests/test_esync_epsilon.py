@@ -29,15 +29,15 @@ EPSILON = 0.05
 def test_esync_local_steps_use_ll_and_the_flags_reach_alg_1() -> None:
     args = parse_args(
         ["-m", "esync", "-l", "0.5", "-ll", "0.125", "-gl", "0.75", "-b", "4"]
-        + ["--epsilon", str(EPSILON), "-ip", "10.1.2.3", "-port", "10555"]
+        + ["--epsilon", str(EPSILON), "-ip", "127.0.0.3", "-port", "10555"]
     )
     mode = registry.get("esync").load().from_args(args)
     w, g = np.array([1.0, -2.0, 0.5]), np.array([4.0, 8.0, -2.0])
     model = Model(None, mx.cpu(), [mx.nd.array(w)], [mx.nd.array(g)], [])
     mode.local_update(model)
     np.testing.assert_allclose(model.params[0].asnumpy(), w - 0.125 * g / 4, rtol=1e-6)
-    assert (mode.global_lr, mode.epsilon) == (0.75, EPSILON)
-    assert mode.client.url == "http://10.1.2.3:10555"
+    assert (mode.global_lr, mode.pacing.epsilon) == (0.75, EPSILON)
+    assert mode.pacing.client.url == "http://127.0.0.3:10555"
     # without -ll the local steps use -l
     mode = registry.get("esync").load().from_args(parse_args(["-m", "esync", "-l", "0.5"]))
     model = Model(None, mx.cpu(), [mx.nd.array(w)], [mx.nd.array(g)], [])

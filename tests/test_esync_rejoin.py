@@ -1,4 +1,5 @@
-"""The ESync strategy re-registers with a State Server that lost its state (no cluster)."""
+"""ESync's State Server protocol (trainer.pacing.StateServerPacing) re-registers with a
+State Server that lost its state (no cluster)."""
 
 from __future__ import annotations
 
@@ -6,10 +7,9 @@ import time
 
 import pytest
 
-from trainer.modes import ESync
-from trainer.records import RoundStats
+from trainer.pacing import StateServerPacing
 from trainer.state_client import StateServerError, StateServerNotInitialised
-from trainer.strategy import Progress
+from trainer.types import LocalProgress, RoundStats
 
 
 class FakeClient:
@@ -43,10 +43,11 @@ class FakeClient:
         return "sync"
 
 
-def make(client: FakeClient) -> ESync:
-    strategy = ESync(0.05, 64, 1.0, client, epsilon=0.25)
-    strategy.rank, strategy.num_workers = 2, 3  # what setup() takes from the KVStore
-    return strategy
+def make(client: FakeClient) -> StateServerPacing:
+    """ESync's State Server protocol (its pacing policy) as worker 2 of 3 uses it."""
+    pacing = StateServerPacing(client, 64, epsilon=0.25, protocol="blocking", fill_last_batch=False)
+    pacing.rank, pacing.num_workers = 2, 3  # what setup() takes from the KVStore
+    return pacing
 
 
 def test_a_query_refused_as_not_initialised_re_registers_and_is_repeated() -> None:
@@ -54,7 +55,7 @@ def test_a_query_refused_as_not_initialised_re_registers_and_is_repeated() -> No
     strategy = make(client)
     start_te = strategy.round_te
     stats = RoundStats()
-    progress = Progress(k=3, c=0.1, te=123.0)
+    progress = LocalProgress(k=3, c=0.1, te=123.0)
     assert strategy.should_sync(progress, stats) is True
     assert client.calls == [
         ("query", 2, 3, 0.1, 123.0),
@@ -65,7 +66,7 @@ def test_a_query_refused_as_not_initialised_re_registers_and_is_repeated() -> No
     assert stats.extra == {"state_rejoins": 1}
     assert stats.query_s >= 0.02  # the re-registration is State Server time
     # the next query goes through at once: no second re-registration
-    assert strategy.should_sync(Progress(k=4, c=0.1, te=124.0), stats) is True
+    assert strategy.should_sync(LocalProgress(k=4, c=0.1, te=124.0), stats) is True
     assert len(client.calls) == 5 and stats.extra == {"state_rejoins": 1}
 
 
@@ -86,14 +87,14 @@ def test_a_reset_refused_re_registers_into_the_round_it_starts() -> None:
     # a later restart in the same round re-registers with that round and its start time
     client.fail["query"] = 1
     client.calls.clear()
-    strategy.should_sync(Progress(k=1, c=0.1, te=te + 1), stats)
+    strategy.should_sync(LocalProgress(k=1, c=0.1, te=te + 1), stats)
     assert client.calls[1:3] == [("rejoin", 3, 0.25), ("reset", 2, 7, te)]
     assert stats.extra["state_rejoins"] == 2
 
 
 def test_k_zero_asks_nothing() -> None:
     client = FakeClient({"query": 5})
-    assert make(client).should_sync(Progress(k=0), RoundStats()) is False
+    assert make(client).should_sync(LocalProgress(k=0), RoundStats()) is False
     assert client.calls == []
 
 
@@ -102,8 +103,8 @@ def test_a_server_that_keeps_losing_its_state_fails_after_a_few_attempts() -> No
     strategy = make(client)
     stats = RoundStats()
     with pytest.raises(StateServerNotInitialised):
-        strategy.should_sync(Progress(k=1, c=0.1, te=1.0), stats)
-    assert [c[0] for c in client.calls].count("query") == ESync.MAX_REJOINS_PER_CALL + 1
+        strategy.should_sync(LocalProgress(k=1, c=0.1, te=1.0), stats)
+    assert [c[0] for c in client.calls].count("query") == StateServerPacing.MAX_REJOINS_PER_CALL + 1
 
 
 def test_a_refused_rejoin_and_other_errors_are_not_retried() -> None:
@@ -114,7 +115,7 @@ def test_a_refused_rejoin_and_other_errors_are_not_retried() -> None:
 
     client = Refusing({"query": 1})
     with pytest.raises(StateServerError, match="rejoin refused"):
-        make(client).should_sync(Progress(k=1, c=0.1, te=1.0), RoundStats())
+        make(client).should_sync(LocalProgress(k=1, c=0.1, te=1.0), RoundStats())
     assert [c[0] for c in client.calls] == ["query", "rejoin"]
 
     class Forbidden(FakeClient):
@@ -124,5 +125,5 @@ def test_a_refused_rejoin_and_other_errors_are_not_retried() -> None:
 
     client = Forbidden()
     with pytest.raises(StateServerError, match="403"):
-        make(client).should_sync(Progress(k=1, c=0.1, te=1.0), RoundStats())
+        make(client).should_sync(LocalProgress(k=1, c=0.1, te=1.0), RoundStats())
     assert client.calls == [("query",)]

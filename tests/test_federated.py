@@ -19,11 +19,11 @@ import sys
 import pytest
 from conftest import assert_all_gone, launched_pids, read_rounds, run_py, worker_folders
 
-import config
 from supervisor import ROOT
-from trainer import registry
-from trainer.federated import ESyncM, ESyncNova, ESyncProx, FedAsync, FedAsyncMixer, FedAvg
+from trainer import aggregate, registry
+from trainer.federated import ESyncM, ESyncNova, ESyncProx, FedAsync, FedAvg
 from trainer.options import parse_args
+from trainer.pacing import FixedSteps
 
 NEW_MODES = ("esync-nova", "esync-prox", "esync-m", "esync-scaffold", "fedavg", "fedasync")
 
@@ -32,7 +32,7 @@ NEW_MODES = ("esync-nova", "esync-prox", "esync-m", "esync-scaffold", "fedavg", 
     ("flags", "message"),
     [
         (["--local-steps", "0"], "argument --local-steps: must be >= 1, got 0"),
-        (["--local-steps", "2.5"], "argument --local-steps: invalid _positive_int value"),
+        (["--local-steps", "2.5"], "argument --local-steps: invalid positive_int value"),
         (["--alpha", "0"], "argument --alpha: must be in (0, 1], got 0"),
         (["--alpha", "1.5"], "argument --alpha: must be in (0, 1], got 1.5"),
         (["--alpha", "nan"], "argument --alpha: must be a finite number >= 0, got nan"),
@@ -40,7 +40,7 @@ NEW_MODES = ("esync-nova", "esync-prox", "esync-m", "esync-scaffold", "fedavg", 
         (["--staleness-a", "-1"], "argument --staleness-a: must be a finite number >= 0"),
         (["--staleness-b", "inf"], "argument --staleness-b: must be a finite number >= 0"),
         (["--mu", "-0.1"], "argument --mu: must be a finite number >= 0, got -0.1"),
-        (["--mu", "x"], "argument --mu: invalid _non_negative_float value: 'x'"),
+        (["--mu", "x"], "argument --mu: invalid non_negative_float value: 'x'"),
         (["--server-momentum", "1"], "argument --server-momentum: must be in [0, 1), got 1"),
         (["--server-momentum", "-0.5"], "argument --server-momentum: must be a finite number"),
     ],
@@ -55,36 +55,38 @@ def test_nonsense_algorithm_flags_are_argparse_errors(capsys, flags, message) ->
 def test_staleness_choices_are_the_functions_the_server_knows() -> None:
     for kind in ("constant", "polynomial", "hinge"):
         assert parse_args(["--staleness", kind]).staleness == kind
-        FedAsyncMixer(staleness=kind)
+        FedAsync(0.1, 4, staleness=kind).server_optimizer()
     with pytest.raises(ValueError, match="unknown staleness function 'linear'"):
-        FedAsyncMixer(staleness="linear")
+        FedAsync(0.1, 4, staleness="linear").server_optimizer()
 
 
 def test_flags_reach_the_strategies_and_mu_defaults_per_mode() -> None:
     fedavg = FedAvg.from_args(parse_args(["-m", "fedavg"]))
-    assert fedavg.mu == config.FEDAVG_MU == 0.0  # without --mu: plain FedAvg
-    assert fedavg.local_steps == config.LOCAL_STEPS
+    assert fedavg.mu == FedAvg.mu == 0.0  # without --mu: plain FedAvg
+    assert fedavg.pacing.local_steps == FixedSteps.local_steps
     prox = ESyncProx.from_args(parse_args(["-m", "esync-prox"]))
-    assert prox.mu == config.ESYNC_PROX_MU > 0
+    assert prox.mu == ESyncProx.mu > 0
     for name in ("fedavg", "esync-prox"):
         args = parse_args(["-m", name, "--mu", "0.25", "-ll", "0.01", "--local-steps", "3"])
         mode = registry.get(name).load().from_args(args)
         assert mode.mu == 0.25 and mode.lr == 0.01, name
-    assert ESyncM.from_args(parse_args(["-m", "esync-m"])).momentum == config.ESYNC_M_MOMENTUM
+    default = ESyncM.from_args(parse_args(["-m", "esync-m"])).server_momentum
+    assert default == ESyncM.server_momentum > 0
     args = parse_args(["-m", "esync-m", "--server-momentum", "0"])
-    assert ESyncM.from_args(args).momentum == 0.0  # Alg. 1 as written
+    assert ESyncM.from_args(args).server_momentum == 0.0  # Alg. 1 as written
     nova = ESyncNova.from_args(parse_args(["-m", "esync-nova", "-gl", "2", "-ll", "0.03"]))
     assert (nova.global_lr, nova.lr) == (2.0, 0.03)
     args = parse_args(["-m", "fedasync", "--alpha", "0.3", "--staleness", "hinge"])
     fedasync = FedAsync.from_args(args)
     mixer = fedasync.server_optimizer()
-    assert (mixer.alpha, mixer.staleness, mixer.a, mixer.b) == (
-        0.3,
-        "hinge",
-        config.FEDASYNC_STALENESS_A,
-        config.FEDASYNC_STALENESS_B,
-    )
-    assert fedasync.describe()["server_optimizer"] == "FedAsyncMixer"
+    assert mixer.rule is aggregate.fedasync_mix
+    assert mixer.params == {
+        "alpha": 0.3,
+        "kind": "hinge",
+        "a": FedAsync.staleness_a,
+        "b": FedAsync.staleness_b,
+    }
+    assert fedasync.describe()["server_optimizer"] == "ServerRule(fedasync_mix)"
 
 
 def test_registry_entries_of_the_new_modes() -> None:
@@ -99,10 +101,11 @@ def test_registry_entries_of_the_new_modes() -> None:
 def test_the_parameter_server_can_unpickle_the_fedasync_optimizer() -> None:
     """kv.set_optimizer pickles with protocol 0; the server (``python main.py`` with
     DMLC_ROLE=server, cwd the repo root) unpickles it, which imports trainer.federated."""
-    blob = pickle.dumps(FedAsyncMixer(alpha=0.4, staleness="hinge", a=2.0, b=1.0), 0)
+    mixer = FedAsync(0.1, 4, alpha=0.4, staleness="hinge", staleness_a=2.0, staleness_b=1.0)
+    blob = pickle.dumps(mixer.server_optimizer(), 0)
     code = (
-        "import pickle, sys; opt = pickle.loads(sys.stdin.buffer.read()); "
-        "print(type(opt).__module__, type(opt).__name__, opt.alpha, opt.staleness, opt.a, opt.b)"
+        "import pickle, sys; opt = pickle.loads(sys.stdin.buffer.read()); p = opt.params; "
+        "print(type(opt).__module__, opt.name, p['alpha'], p['kind'], p['a'], p['b'])"
     )
     res = subprocess.run(
         [sys.executable, "-c", code], input=blob, cwd=ROOT, capture_output=True, timeout=120
@@ -110,7 +113,7 @@ def test_the_parameter_server_can_unpickle_the_fedasync_optimizer() -> None:
     assert res.returncode == 0, res.stderr.decode()[-2000:]
     assert res.stdout.decode().split() == [
         "trainer.federated",
-        "FedAsyncMixer",
+        "ServerRule(fedasync_mix)",
         "0.4",
         "hinge",
         "2.0",

@@ -12,9 +12,10 @@ import pytest
 
 from trainer.loop import Worker
 from trainer.modes import ESync
-from trainer.records import RoundStats
+from trainer.pacing import StateServerPacing
 from trainer.slowdown import Schedule
-from trainer.strategy import Model, Progress, Strategy
+from trainer.strategy import Model, Strategy
+from trainer.types import LocalProgress, RoundStats
 from utils import BatchIterator
 
 B = 64
@@ -68,21 +69,22 @@ class _Client:
 
 def _esync(left: float | None, epsilon: float = 0.0) -> tuple[ESync, _Client]:
     client = _Client(left)
-    strategy = ESync(0.1, B, 1.0, client, epsilon, "blocking", fill_last_batch=True)
-    strategy.rank, strategy.num_workers = 0, 2
+    pacing = StateServerPacing(client, B, epsilon, "blocking", fill_last_batch=True)
+    strategy = ESync(0.1, B, pacing)
+    pacing.rank, pacing.num_workers = 0, 2  # what setup() takes from the KVStore
     return strategy, client
 
 
 def test_a_sync_with_time_left_computes_a_smaller_batch_first() -> None:
     strategy, client = _esync(left=0.06)
-    stats, progress = RoundStats(), Progress(k=3, c=0.1)
-    assert strategy.min_partial == 8
+    stats, progress = RoundStats(), LocalProgress(k=3, c=0.1)
+    assert strategy.pacing.min_partial == 8
     assert strategy.should_sync(progress, stats) is False  # 64 * 0.06 / 0.1 = 38 -> 32
     assert strategy.next_batch_size(progress) == 32 == strategy.current_batch_size
     progress.k = 4
     assert strategy.should_sync(progress, stats) is True and client.queries == 1
     strategy.begin_round(3, stats)
-    assert strategy.next_batch_size(Progress()) == B  # a new round: full batches again
+    assert strategy.next_batch_size(LocalProgress()) == B  # a new round: full batches again
 
 
 @pytest.mark.parametrize("left,epsilon", [(0.01, 0.0), (0.06, 0.05), (None, 0.0)])
@@ -90,15 +92,15 @@ def test_no_smaller_batch_below_the_minimum_or_without_a_budget(
     left: float | None, epsilon: float
 ) -> None:
     strategy, _ = _esync(left, epsilon)  # 64 * 0.01 / 0.1 = 6 < 8: idle instead
-    assert strategy.should_sync(Progress(k=3, c=0.1), RoundStats()) is True
-    assert strategy.next_batch_size(Progress()) == B
+    assert strategy.should_sync(LocalProgress(k=3, c=0.1), RoundStats()) is True
+    assert strategy.next_batch_size(LocalProgress()) == B
 
 
 def test_the_smaller_batch_steps_with_its_mean_gradient() -> None:
     strategy, _ = _esync(left=0.06)
     model = Model(None, mx.cpu(), [mx.nd.ones((2,))], [mx.nd.array([32.0, 64.0])], [])
-    strategy.should_sync(Progress(k=3, c=0.1), RoundStats())
-    assert strategy.next_batch_size(Progress()) == 32
+    strategy.should_sync(LocalProgress(k=3, c=0.1), RoundStats())
+    assert strategy.next_batch_size(LocalProgress()) == 32
     strategy.local_update(model)  # w -= lr * grad_sum / 32
     np.testing.assert_allclose(model.params[0].asnumpy(), [1 - 0.1, 1 - 0.2], rtol=1e-6)
 
@@ -111,7 +113,7 @@ class _Sized(Strategy):
         self.sizes = sizes
         self.updates: list[int] = []
 
-    def next_batch_size(self, progress: Progress) -> int:
+    def next_batch_size(self, progress: LocalProgress) -> int:
         return self.sizes.pop(0)
 
     def local_update(self, model: Model) -> None:
@@ -136,7 +138,7 @@ def _worker(sizes: list[int], slowdown: float, emulation: str = "share") -> Work
 
 def test_the_loop_records_smaller_batches_and_keeps_c_per_full_batch() -> None:
     worker = _worker([B, B, 16, B], slowdown=4.0)
-    progress, stats = Progress(), RoundStats()
+    progress, stats = LocalProgress(), RoundStats()
     for _ in range(2):
         worker.compute_batch(progress, stats)
     busy_avg = worker.emulation.busy_avg
@@ -155,7 +157,7 @@ def test_under_device_time_c_is_the_devices_seconds_per_batch() -> None:
     """Alg. 2 sees the emulated device: c = S x T0 whatever the host measured, a smaller
     batch takes its share of the device time, and overruns are counted per round."""
     worker = _worker([B, B, 16], slowdown=4.0, emulation="device")  # T0 = 4 ms, 16 ms a batch
-    progress, stats = Progress(), RoundStats()
+    progress, stats = LocalProgress(), RoundStats()
     for _ in range(2):
         worker.compute_batch(progress, stats)
     assert progress.c == pytest.approx(0.016) and stats.extra["overruns"] == 0
@@ -166,5 +168,5 @@ def test_under_device_time_c_is_the_devices_seconds_per_batch() -> None:
     slow = _worker([B], slowdown=1.0, emulation="device")  # 4 ms device, 2 ms compute + sleep
     slow._forward_backward = lambda x, y: time.sleep(0.006)  # the host is too slow for it
     late = RoundStats()
-    slow.compute_batch(Progress(), late)
+    slow.compute_batch(LocalProgress(), late)
     assert late.extra["overruns"] == 1 and late.extra["overrun_s"] >= 0.0015

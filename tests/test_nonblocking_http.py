@@ -18,15 +18,14 @@ import pytest
 from stub_http import JSONStubHandler
 
 from supervisor import CLUSTER_VARS, Cluster, Proc, child_env, free_port, start_state_server
-from trainer.modes import ESync
-from trainer.records import RoundStats
+from trainer.pacing import StateServerPacing
 from trainer.state_client import (
     ProgressChannel,
     StateClient,
     StateServerError,
     StateServerUnreachable,
 )
-from trainer.strategy import Progress
+from trainer.types import LocalProgress, RoundStats
 
 MAX_HOLD_S = 1.5  # the servers here answer compute after holding a request this long
 
@@ -150,10 +149,10 @@ def test_a_held_request_fails_at_once_when_the_server_dies(tmp_path: Path) -> No
 # --- the worker's side ----------------------------------------------------------------------
 
 
-def _esync(url: str, rank: int, late_s: float = 12.0, fill: bool = False) -> ESync:
-    strategy = ESync(
-        0.05, 64, 1.0, StateClient(url, retry_for=10), 0.0, "nonblocking", fill_last_batch=fill
-    )
+def _esync(url: str, rank: int, late_s: float = 12.0, fill: bool = False) -> StateServerPacing:
+    """ESync's State Server protocol (its pacing) as worker ``rank`` of 2 uses it."""
+    client = StateClient(url, retry_for=10)
+    strategy = StateServerPacing(client, 64, 0.0, "nonblocking", fill_last_batch=fill)
     strategy.rank, strategy.num_workers = rank, 2
     strategy.channel = ProgressChannel(StateClient(url), rank, late_s=late_s)
     return strategy
@@ -168,7 +167,7 @@ def test_should_sync_never_waits_for_a_slow_or_stopped_server(tmp_path: Path) ->
         strategy.begin_round(2, stats)
         os.kill(srv.proc.pid, signal.SIGSTOP)  # a server that answers nothing at all
         times = []
-        progress = Progress(c=0.2)
+        progress = LocalProgress(c=0.2)
         for k in range(1, 200):
             progress.k, progress.te = k, time.time()
             started = time.perf_counter()
@@ -214,7 +213,7 @@ def test_a_late_answer_falls_back_to_the_blocking_query() -> None:
     try:
         stats = RoundStats()
         strategy.begin_round(2, stats)
-        progress, started, decisions = Progress(c=0.05), time.monotonic(), []
+        progress, started, decisions = LocalProgress(c=0.05), time.monotonic(), []
         while time.monotonic() - started < 2 and not (decisions and decisions[-1]):
             progress.k += 1
             decisions.append(strategy.should_sync(progress, stats))
@@ -246,7 +245,7 @@ def test_a_worker_survives_a_server_restart_by_falling_back_and_rejoining(
         srv.cluster.restart(srv.proc)  # same port, no state
         # the fast worker's held request failed: it asks the blocking way, gets 409,
         # re-registers and is answered (recovering: rank 1 has no record yet -> sync)
-        progress = Progress(k=0, c=0.2)
+        progress = LocalProgress(k=0, c=0.2)
         deadline = time.monotonic() + 20
         sync = False
         while not sync and time.monotonic() < deadline:

@@ -138,9 +138,16 @@ def staleness_weight(kind: str, staleness: float, a: float, b: float) -> float:
 
 
 def fedasync_mix(
-    stored: mx.nd.NDArray, pushed: mx.nd.NDArray, alpha: float, kind: str, a: float, b: float
+    stored: mx.nd.NDArray,
+    pushed: mx.nd.NDArray,
+    state: None,
+    alpha: float,
+    kind: str,
+    a: float,
+    b: float,
 ) -> tuple[int, float]:
-    """FedAsync's server update of one key, in place; returns (staleness, a_t).
+    """FedAsync's server update of one key, in place; returns (staleness, a_t). It keeps no
+    server-side state (``state`` is None).
 
     Both arrays are a flattened weight followed by one version element: ``stored`` ends with
     the number of updates the server applied to this key, ``pushed`` with the version the
@@ -154,3 +161,4 @@ def fedasync_mix(
     stored[0:n] = stored[0:n] * (1.0 - a_t) + pushed[0:n] * a_t
     stored[n:] = version + 1
     return staleness, a_t
+

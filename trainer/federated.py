@@ -11,96 +11,74 @@
 * :class:`ESyncScaffold`: ESync whose local steps are corrected by SCAFFOLD's control
   variates (Karimireddy et al. 2020), so fast workers stop drifting toward their own classes.
 
-The arithmetic is in :mod:`trainer.aggregate`; :mod:`trainer.registry` names the classes.
+The arithmetic is in :mod:`trainer.aggregate`; :mod:`trainer.registry` names the classes. The
+asynchronous modes whose server rule needs each push's staleness share :class:`VersionedAsync`
+(weights and a version in one array per key) and :class:`ServerRule` (a plain function of
+:mod:`trainer.aggregate` run by the parameter server).
 """
 
 from __future__ import annotations
 
 import argparse
+from abc import abstractmethod
+from collections.abc import Callable
+from typing import ClassVar
 
 import mxnet as mx
 
-import config
-from trainer import aggregate
-from trainer.modes import ESync, KVExchange, _Summing
-from trainer.records import RoundStats
-from trainer.strategy import Model, Progress, Strategy
+from trainer import aggregate, argtypes
+from trainer.modes import ESync, KVExchange, ModelAveraging, Sums, init_server
+from trainer.pacing import FixedSteps
+from trainer.strategy import Model, Strategy
+from trainer.types import RoundStats
 
 
-def _mu(args: argparse.Namespace, default: float) -> float:
-    """``--mu``, or the mode's own default when the flag is left at None (config.PROX_MU)."""
-    return default if args.mu is None else float(args.mu)
+class Proximal(ModelAveraging):
+    """FedProx's proximal term (Li et al. 2020) on the local steps: each minimises
+    f(w) + mu/2 ||w - w_global||^2, w -= ll * (g + mu (w - w_global)), with w_global the
+    weights of the round's start. ``--mu`` is shared by the modes built on it; left unset it
+    is each mode's own class default."""
+
+    mu: ClassVar[float] = 0.0
+    hyperparameters = ("mu",)
+
+    @classmethod
+    def add_arguments(cls, parser: argparse.ArgumentParser) -> None:
+        parser.add_argument(
+            "--mu",
+            type=argtypes.non_negative_float,
+            default=None,
+            help="FedProx's proximal term mu/2 * ||w - w_global||^2 (default: the mode's own)",
+        )
+
+    def local_update(self, model: Model) -> None:
+        # batch_scale: the smaller last batch of --fill-last-batch takes its own mean.
+        aggregate.prox_sgd_step(
+            model.params, model.grads, self.global_params, self.lr, self.batch_scale(), self.mu
+        )
 
 
-class FedAvg(_Summing):
+class FedAvg(Proximal):
     """FedAvg: every worker does E local SGD steps from the global model, then
     w <- w + sum_i Δw_i / p (the mean of the local models), on a dist_sync store.
 
     One round is E local steps; the push/pull waits for the slowest worker, as in the real
     algorithm (fast workers idle). ``--mu`` > 0 adds FedProx's proximal term
     mu/2 ||w - w_global||^2 to the local objective (FedProx); mu = 0 (the default) is FedAvg.
-    The averaging runs through :meth:`_Summing.sum_over_workers` with the BatchNorm statistics
-    and the stop vote, so all workers hold bit-identical global parameters after every round.
+    All workers hold bit-identical global parameters after every round.
     """
 
-    def __init__(self, lr: float, batch_size: int, local_steps: int, mu: float = 0.0) -> None:
-        super().__init__(lr, batch_size)
-        self.local_steps = local_steps
-        self.mu = mu
-
-    @classmethod
-    def from_args(cls, args: argparse.Namespace) -> FedAvg:
-        return cls(args.local_lr, args.batch_size, args.local_steps, _mu(args, config.FEDAVG_MU))
-
-    def describe(self) -> dict[str, object]:
-        return {"local_steps": self.local_steps, "mu": self.mu}
-
-    def setup(self, model: Model, kv: mx.kv.KVStore | None) -> None:
-        super().setup(model, kv)
-        self.global_params = [w.copy() for w in model.params]
-
-    def should_sync(self, progress: Progress, stats: RoundStats) -> bool:
-        return progress.k >= self.local_steps
-
-    def local_update(self, model: Model) -> None:
-        aggregate.prox_sgd_step(
-            model.params, model.grads, self.global_params, self.lr, 1.0 / self.batch_size, self.mu
-        )
-
-    def synchronise(self, model: Model, stats: RoundStats, stop: bool) -> bool:
-        deltas = aggregate.deltas(model.params, self.global_params)
-        delta_sums, stop_all = self.sum_over_workers(model, deltas, stats, stop)
-        aggregate.esync_global_step(self.global_params, delta_sums, 1.0, self.num_workers)
-        aggregate.copy_into(model.params, self.global_params)
-        mx.nd.waitall()
-        return stop_all
+    pacing_class = FixedSteps
 
 
-class ESyncProx(ESync):
-    """ESync whose local steps minimise f(w) + mu/2 ||w - w_global||^2 (FedProx's proximal
-    term): each local step is w -= ll * (g + mu (w - w_global)), with w_global the weights of
-    the round's start. It pulls a fast worker's ~20 local steps back toward the global model,
-    which limits its drift toward its own classes on non-iid data. Everything else (State
-    Server, global step, BatchNorm, stop vote) is ESync's.
+class ESyncProx(Proximal, ESync):
+    """ESync whose local steps add FedProx's proximal term (:class:`Proximal`). It pulls a
+    fast worker's ~20 local steps back toward the global model, which limits its drift toward
+    its own classes on non-iid data. Everything else (State Server, global step, BatchNorm,
+    stop vote) is ESync's.
     """
 
-    mu = config.ESYNC_PROX_MU
-
-    @classmethod
-    def from_args(cls, args: argparse.Namespace) -> ESyncProx:
-        mode = super().from_args(args)
-        mode.mu = _mu(args, config.ESYNC_PROX_MU)
-        return mode
-
-    def describe(self) -> dict[str, object]:
-        return {**super().describe(), "mu": self.mu}
-
-    def local_update(self, model: Model) -> None:
-        # current_batch_size: the smaller last batch of --fill-last-batch takes its own mean.
-        scale = 1.0 / self.current_batch_size
-        aggregate.prox_sgd_step(
-            model.params, model.grads, self.global_params, self.lr, scale, self.mu
-        )
+    mu = 0.3  # docs/reproduction.md: tuning
 
 
 class ESyncNova(ESync):
@@ -119,39 +97,33 @@ class ESyncNova(ESync):
     A smaller last batch (``--fill-last-batch``) counts as one step: it is one SGD step of
     the usual size on that batch's mean gradient, so its coefficient in a_i is 1 as well.
 
-    k_i rides in the same push/pull as the directions: one more scalar key, summed like the
-    stop flag, so every worker applies the identical step (checksums in the records).
+    k_i is one extra array of the exchange, summed like the stop flag, so every worker
+    applies the identical step (checksums in the records).
     """
 
-    def setup(self, model: Model, kv: mx.kv.KVStore | None) -> None:
-        super().setup(model, kv)  # ESync's: State Server, keys [params, aux, stop flag], w_0
+    def extra_arrays(self, model: Model) -> list[mx.nd.NDArray]:
         self.local_steps_done = 0
         self.steps_flag = mx.nd.zeros((1,), model.ctx)
-        key = len(self.exchange.keys)  # the first key _Summing left free
-        kv.init([key], [self.steps_flag])
-        # sum_over_workers pushes values + aux + [stop]; the values here are the directions
-        # and then k_i, so the exchange sends k_i to its own key right after the weights.
-        n = len(model.params)
-        template = model.params + [self.steps_flag] + model.aux + [self.stop_flag]
-        self.exchange = KVExchange(kv, template)
-        self.exchange.keys = [*range(n), key, *range(n, key)]
-        self.sums = [mx.nd.zeros(a.shape, a.context, dtype=a.dtype) for a in template]
+        return [self.steps_flag]
 
     def local_update(self, model: Model) -> None:
         super().local_update(model)
         self.local_steps_done += 1
 
-    def synchronise(self, model: Model, stats: RoundStats, stop: bool) -> bool:
+    def contribution(self, model: Model) -> tuple[list[mx.nd.NDArray], list[mx.nd.NDArray]]:
         steps, self.local_steps_done = self.local_steps_done, 0
         self.steps_flag[:] = steps
         directions = aggregate.nova_directions(model.params, self.global_params, steps)
-        sums, stop_all = self.sum_over_workers(model, directions + [self.steps_flag], stats, stop)
+        return directions, [self.steps_flag]
+
+    def global_step(self, model: Model, sums: Sums) -> None:
         aggregate.nova_global_step(
-            self.global_params, sums[:-1], sums[-1].asscalar(), self.global_lr, self.num_workers
+            self.global_params,
+            sums.values,
+            sums.extras[0].asscalar(),
+            self.global_lr,
+            self.num_workers,
         )
-        aggregate.copy_into(model.params, self.global_params)
-        mx.nd.waitall()
-        return stop_all
 
 
 class ESyncM(ESync):
@@ -167,36 +139,32 @@ class ESyncM(ESync):
     from 0, like DC-ASGD's server state.
     """
 
-    momentum = config.ESYNC_M_MOMENTUM
+    server_momentum: ClassVar[float] = 0.8  # docs/reproduction.md
+    hyperparameters = ("server_momentum",)
 
     @classmethod
-    def from_args(cls, args: argparse.Namespace) -> ESyncM:
-        mode = super().from_args(args)
-        chosen = args.server_momentum
-        mode.momentum = config.ESYNC_M_MOMENTUM if chosen is None else float(chosen)
-        return mode
-
-    def describe(self) -> dict[str, object]:
-        return {**super().describe(), "server_momentum": self.momentum}
+    def add_arguments(cls, parser: argparse.ArgumentParser) -> None:
+        parser.add_argument(
+            "--server-momentum",
+            dest="server_momentum",
+            type=argtypes.momentum,
+            default=cls.server_momentum,
+            help="beta of the momentum on the global step, v = beta v + sum(dw) / p, w += gl v",
+        )
 
     def setup(self, model: Model, kv: mx.kv.KVStore | None) -> None:
         super().setup(model, kv)
         self.velocity = [mx.nd.zeros(w.shape, w.context, dtype=w.dtype) for w in model.params]
 
-    def synchronise(self, model: Model, stats: RoundStats, stop: bool) -> bool:
-        deltas = aggregate.deltas(model.params, self.global_params)
-        delta_sums, stop_all = self.sum_over_workers(model, deltas, stats, stop)
+    def global_step(self, model: Model, sums: Sums) -> None:
         aggregate.momentum_global_step(
             self.global_params,
             self.velocity,
-            delta_sums,
-            self.momentum,
+            sums.values,
+            self.server_momentum,
             self.global_lr,
             self.num_workers,
         )
-        aggregate.copy_into(model.params, self.global_params)
-        mx.nd.waitall()
-        return stop_all
 
 
 class ESyncScaffold(ESync):
@@ -213,164 +181,128 @@ class ESyncScaffold(ESync):
     in the round (:func:`trainer.aggregate.control_variate`); a smaller last batch
     (``--fill-last-batch``) contributes its own mean gradient like any other step.
 
-    The control variates ride in ESync's push/pull (one more key per weight: twice ESync's
-    traffic, still a fraction of ASGD's): every worker pushes [Δw_i, c_i+], pulls the sums,
-    applies Alg. 1's global step and sets c = Σ c_i+ / p, so c, like w, is bit-identical on
-    every worker. Everything else (State Server, BatchNorm, stop vote) is ESync's.
+    The control variates are extra arrays of the exchange (one more key per weight: twice
+    ESync's traffic, still a fraction of ASGD's): every worker pushes [Δw_i, c_i+], pulls the
+    sums, applies Alg. 1's global step and sets c = Σ c_i+ / p, so c, like w, is
+    bit-identical on every worker. Everything else (State Server, BatchNorm, stop vote) is
+    ESync's.
     """
 
-    def setup(self, model: Model, kv: mx.kv.KVStore | None) -> None:
-        super().setup(model, kv)  # ESync's: State Server, keys [params, aux, stop flag], w_0
+    def extra_arrays(self, model: Model) -> list[mx.nd.NDArray]:
         zeros = [mx.nd.zeros(w.shape, w.context, dtype=w.dtype) for w in model.params]
         self.c_local = zeros
         self.c_global = [c.copy() for c in zeros]
         self.corrections = [c.copy() for c in zeros]  # c - c_i, fixed within a round
         self.gradient_sums = [c.copy() for c in zeros]
         self.steps = 0
-        n, first_free = len(model.params), len(self.exchange.keys)
-        variate_keys = list(range(first_free, first_free + n))
-        kv.init(variate_keys, zeros)
-        template = model.params + zeros + model.aux + [self.stop_flag]
-        self.exchange = KVExchange(kv, template)
-        self.exchange.keys = [*range(n), *variate_keys, *range(n, first_free)]
-        self.sums = [mx.nd.zeros(a.shape, a.context, dtype=a.dtype) for a in template]
+        return [c.copy() for c in zeros]
 
     def local_update(self, model: Model) -> None:
-        scale = 1.0 / self.current_batch_size  # the mean gradient, a smaller last batch too
+        scale = self.batch_scale()  # the mean gradient, a smaller last batch too
         for total, g in zip(self.gradient_sums, model.grads, strict=True):
             total += g * scale
         self.steps += 1
         aggregate.scaffold_step(model.params, model.grads, self.corrections, self.lr, scale)
 
-    def synchronise(self, model: Model, stats: RoundStats, stop: bool) -> bool:
+    def contribution(self, model: Model) -> tuple[list[mx.nd.NDArray], list[mx.nd.NDArray]]:
         variate = aggregate.control_variate(self.gradient_sums, self.steps, self.c_local)
         # Keep c_i+ before the push: on CPU MXNet's dist KVStore pulls into the very array
         # that was pushed (KVExchange), so ``variate`` holds the sum afterwards.
         aggregate.copy_into(self.c_local, variate)
-        deltas = aggregate.deltas(model.params, self.global_params)
-        sums, stop_all = self.sum_over_workers(model, deltas + variate, stats, stop)
-        n = len(deltas)
-        aggregate.esync_global_step(self.global_params, sums[:n], self.global_lr, self.num_workers)
-        aggregate.copy_into(model.params, self.global_params)
-        aggregate.average_into(self.c_global, sums[n:], self.num_workers)
+        return aggregate.deltas(model.params, self.global_params), variate
+
+    def global_step(self, model: Model, sums: Sums) -> None:
+        super().global_step(model, sums)
+        aggregate.average_into(self.c_global, sums.extras, self.num_workers)
         for correction, c, c_i in zip(self.corrections, self.c_global, self.c_local, strict=True):
             correction[:] = c - c_i
         for total in self.gradient_sums:
             total[:] = 0.0
         self.steps = 0
-        mx.nd.waitall()
-        return stop_all
 
 
 @mx.optimizer.register
-class FedAsyncMixer(mx.optimizer.Optimizer):
-    """FedAsync's server update as an MXNet optimizer (runs on the dist_async server).
+class ServerRule(mx.optimizer.Optimizer):
+    """A server update of the versioned modes as an MXNet optimizer (it runs on the dist_async
+    parameter server, pickled there by ``kv.set_optimizer``).
 
-    MXNet hands the server's updater (key, pushed, stored). Each stored value is the key's
-    flattened weight plus one element, the key's version (how many updates the server has
-    applied to it); a worker pushes its flattened local weights plus the version it pulled.
-    The update is :func:`trainer.aggregate.fedasync_mix`: staleness = stored version - pushed
-    version, a_t = alpha * s(staleness), x <- (1 - a_t) x + a_t x_new, version + 1.
+    MXNet hands the server's updater (key, pushed, stored). ``rule(stored, pushed, state,
+    **params)`` is a plain function of :mod:`trainer.aggregate` that updates ``stored`` in
+    place and returns what it did (kept per key in ``last``, for tests); ``state(stored)``,
+    when given, makes a key's server-side state on its first push (FedBuff's buffer).
     """
 
     def __init__(
         self,
-        alpha: float = config.FEDASYNC_ALPHA,
-        staleness: str = config.FEDASYNC_STALENESS,
-        a: float = config.FEDASYNC_STALENESS_A,
-        b: float = config.FEDASYNC_STALENESS_B,
+        rule: Callable[..., object],
+        state: Callable[[mx.nd.NDArray], object] | None = None,
+        params: dict[str, object] | None = None,
         **kwargs: object,
     ) -> None:
         super().__init__(**kwargs)
-        aggregate.staleness_weight(staleness, 0, a, b)  # an unknown function fails here
-        self.alpha, self.staleness, self.a, self.b = alpha, staleness, a, b
-        self.last: dict[int, tuple[int, float]] = {}  # key -> (staleness, a_t) of its last push
+        self.rule, self.state, self.params = rule, state, dict(params or {})
+        self.last: dict[int, object] = {}
 
-    def create_state(self, index: int, weight: mx.nd.NDArray) -> None:
-        return None
+    @property
+    def name(self) -> str:
+        """``ServerRule(<rule>)``: the rule's function name, for meta.json."""
+        return f"ServerRule({self.rule.__name__})"
+
+    def create_state(self, index: int, weight: mx.nd.NDArray) -> object:
+        return self.state(weight) if self.state is not None else None
 
     def update(self, index, weight, grad, state) -> None:
-        self.last[index] = aggregate.fedasync_mix(
-            weight, grad, self.alpha, self.staleness, self.a, self.b
-        )
+        self.last[index] = self.rule(weight, grad, state, **self.params)
 
 
-class FedAsync(Strategy):
-    """FedAsync (Xie et al. 2019): E local steps from the pulled model, push it, and the
-    parameter server mixes it in at once, x <- (1 - a_t) x + a_t x_new, a_t = alpha * s(t).
+class VersionedAsync(Strategy):
+    """Base of the dist_async modes whose server rule needs each push's staleness.
 
     **How the staleness reaches the server.** t is the number of server updates since this
-    worker pulled. The server optimizer (:class:`FedAsyncMixer`, pickled to the server by
-    ``kv.set_optimizer``) sees only the pushed and the stored array of one key, so the version
-    travels inside them: every key stores its flattened weight plus one element, the number of
-    updates applied to it. A worker pulls weights + version into one buffer per key, trains,
-    writes its weights into the buffer in front of the version it pulled, and pushes the
-    buffer; the server computes t = stored version - pushed version exactly, per key, and
-    increments the version. Weights and version are one array, so a pull can never see one
-    without the other (no race between two keys or two messages), nothing else is sent, and
-    the cost is 4 bytes per key. (A server-side per-worker counter could not work: the
-    updater is not told which worker pushed.) BatchNorm statistics are mixed like weights.
+    worker pulled. The server rule (:class:`ServerRule`) sees only the pushed and the stored
+    array of one key, so the version travels inside them: every key stores its flattened
+    weight plus one element, the number of updates applied to it. A worker pulls weights +
+    version into one buffer per key, trains E local steps (:class:`~trainer.pacing.FixedSteps`),
+    writes ``outgoing`` (its weights, or its Δw) into the buffer in front of the version it
+    pulled, and pushes the buffer; the server computes t = stored version - pushed version
+    exactly, per key. Weights and version are one array, so a pull can never see one without
+    the other (no race between two keys or two messages), nothing else is sent, and the cost
+    is 4 bytes per key. (A server-side per-worker counter could not work: the updater is not
+    told which worker pushed.) BatchNorm statistics are handled like weights.
     """
 
-    def __init__(
-        self,
-        lr: float,
-        batch_size: int,
-        local_steps: int,
-        alpha: float = config.FEDASYNC_ALPHA,
-        staleness: str = config.FEDASYNC_STALENESS,
-        a: float = config.FEDASYNC_STALENESS_A,
-        b: float = config.FEDASYNC_STALENESS_B,
-    ) -> None:
-        super().__init__(lr, batch_size)
-        self.local_steps = local_steps
-        self.mixing = {"alpha": alpha, "staleness": staleness, "a": a, "b": b}
+    lr_flag = "local_lr"
+    pacing_class = FixedSteps
 
-    @classmethod
-    def from_args(cls, args: argparse.Namespace) -> FedAsync:
-        return cls(
-            args.local_lr,
-            args.batch_size,
-            args.local_steps,
-            args.alpha,
-            args.staleness,
-            args.staleness_a,
-            args.staleness_b,
-        )
+    @abstractmethod
+    def server_optimizer(self) -> ServerRule:
+        """The rule the parameter server runs on every push."""
 
-    def server_optimizer(self) -> FedAsyncMixer:
-        """The optimizer the parameter server runs on every push."""
-        return FedAsyncMixer(**self.mixing)
+    def outgoing(self, index: int) -> mx.nd.NDArray:
+        """What is pushed of array ``index`` (params then aux): the local array itself."""
+        return self.arrays[index]
 
     def describe(self) -> dict[str, object]:
-        return {
-            "server_optimizer": type(self.server_optimizer()).__name__,
-            "local_steps": self.local_steps,
-            **{f"fedasync_{k}": v for k, v in self.mixing.items()},
-        }
+        return {**super().describe(), "server_optimizer": self.server_optimizer().name}
 
     def setup(self, model: Model, kv: mx.kv.KVStore | None) -> None:
         super().setup(model, kv)
-        assert kv is not None, "FedAsync needs a distributed KVStore"
+        assert kv is not None, f"{type(self).__name__} needs a distributed KVStore"
         self.arrays = model.params + model.aux
+        self.pulled = [a.copy() for a in self.arrays]
         self.buffers = [mx.nd.zeros((a.size + 1,), a.context, dtype=a.dtype) for a in self.arrays]
-        self._pack()  # version 0
+        self._pack(self.arrays)  # rank 0's weights, version 0
         self.exchange = KVExchange(kv, self.buffers)
-        kv.init(self.exchange.keys, self.buffers)
-        if kv.rank == 0:  # one optimizer on the server, set once, before anyone pushes
-            kv.set_optimizer(self.server_optimizer())
-        kv._barrier()
+        init_server(kv, self.exchange.keys, self.buffers, self.server_optimizer())
         kv.pull(self.exchange.keys, out=self.buffers)
         self._unpack()
 
-    def should_sync(self, progress: Progress, stats: RoundStats) -> bool:
-        return progress.k >= self.local_steps
-
     def local_update(self, model: Model) -> None:
-        aggregate.sgd_step(model.params, model.grads, self.lr, 1.0 / self.batch_size)
+        aggregate.sgd_step(model.params, model.grads, self.lr, self.batch_scale())
 
     def synchronise(self, model: Model, stats: RoundStats, stop: bool) -> bool:
-        self._pack()  # the local weights, in front of the versions pulled last time
+        outgoing = [self.outgoing(i) for i in range(len(self.arrays))]
+        self._pack(outgoing)  # in front of the versions pulled last time
         self.exchange(self.buffers, self.buffers, stats)
         self._unpack()
         stats.extra["server_version"] = self.version()
@@ -381,11 +313,64 @@ class FedAsync(Strategy):
         n = self.buffers[0].size - 1
         return int(self.buffers[0][n:].asscalar())
 
-    def _pack(self) -> None:
-        for array, buf in zip(self.arrays, self.buffers, strict=True):
-            buf[0 : array.size] = array.reshape((-1,))
+    def _pack(self, values: list[mx.nd.NDArray]) -> None:
+        for value, buf in zip(values, self.buffers, strict=True):
+            buf[0 : value.size] = value.reshape((-1,))
 
     def _unpack(self) -> None:
-        for array, buf in zip(self.arrays, self.buffers, strict=True):
+        for array, pulled, buf in zip(self.arrays, self.pulled, self.buffers, strict=True):
             buf[0 : array.size].reshape(array.shape).copyto(array)
+            array.copyto(pulled)
         mx.nd.waitall()
+
+
+class FedAsync(VersionedAsync):
+    """FedAsync (Xie et al. 2019): E local steps from the pulled model, push it, and the
+    parameter server mixes it in at once, x <- (1 - a_t) x + a_t x_new, a_t = alpha * s(t)
+    (:func:`trainer.aggregate.fedasync_mix`; the staleness t as :class:`VersionedAsync`)."""
+
+    alpha: ClassVar[float] = 0.6  # Xie et al. 2019
+    staleness: ClassVar[str] = "polynomial"
+    staleness_a: ClassVar[float] = 0.5
+    staleness_b: ClassVar[float] = 4.0
+    hyperparameters = ("alpha", "staleness", "staleness_a", "staleness_b")
+
+    @classmethod
+    def add_arguments(cls, parser: argparse.ArgumentParser) -> None:
+        parser.add_argument(
+            "--alpha",
+            type=argtypes.unit_interval,
+            default=cls.alpha,
+            help="mixing weight alpha in (0, 1]",
+        )
+        parser.add_argument(
+            "--staleness",
+            choices=aggregate.STALENESS_FUNCTIONS,
+            default=cls.staleness,
+            help="staleness function s(t): constant 1, polynomial (t+1)^-a, hinge "
+            "(1 if t <= b else 1/(a(t-b)+1))",
+        )
+        parser.add_argument(
+            "--staleness-a",
+            dest="staleness_a",
+            type=argtypes.non_negative_float,
+            default=cls.staleness_a,
+            help="a of the polynomial / hinge staleness function",
+        )
+        parser.add_argument(
+            "--staleness-b",
+            dest="staleness_b",
+            type=argtypes.non_negative_float,
+            default=cls.staleness_b,
+            help="b of the hinge staleness function",
+        )
+
+    def server_optimizer(self) -> ServerRule:
+        aggregate.staleness_weight(self.staleness, 0, self.staleness_a, self.staleness_b)
+        params = {
+            "alpha": self.alpha,
+            "kind": self.staleness,
+            "a": self.staleness_a,
+            "b": self.staleness_b,
+        }
+        return ServerRule(aggregate.fedasync_mix, params=params)

@@ -29,14 +29,15 @@ from trainer.layout import (
 )
 from trainer.network import build_model, evaluate, pick_device
 from trainer.options import run_dir_name
+from trainer.pacing import smoothed
 from trainer.progress import progress_reporter
-from trainer.records import Resume, RoundStats, RunLog
+from trainer.records import Resume, RunLog
 from trainer.slowdown import Schedule, make_emulation
-from trainer.strategy import Model, Progress, Strategy
+from trainer.strategy import Model, Strategy
+from trainer.types import LocalProgress, RoundStats
 from trainer.watchdog import worker_watchdog
 from utils import BatchIterator, Dataset, load_dataset, partition
 
-SMOOTHING = 0.5  # weight of the newest batch in the moving average of c
 WARM_UP_PASSES = 3
 
 
@@ -91,7 +92,7 @@ class Worker:
             loss = self.loss_fn(self.model.net(xs), ys)
         loss.backward()
 
-    def compute_batch(self, progress: Progress, stats: RoundStats) -> None:
+    def compute_batch(self, progress: LocalProgress, stats: RoundStats) -> None:
         """One local iteration on the emulated device; updates k, c and te.
 
         The strategy sizes the batch (``next_batch_size``); a smaller one is emulated as
@@ -114,7 +115,7 @@ class Worker:
             extra["overrun_s"] = round(extra.get("overrun_s", 0.0) + timing.overrun_s, 6)
         if full:
             c = timing.device_s
-            progress.c = c if progress.c == 0.0 else SMOOTHING * c + (1.0 - SMOOTHING) * progress.c
+            progress.c = smoothed(progress.c, c)
         else:
             extra["partial_samples"] = extra.get("partial_samples", 0) + len(y)
         progress.k += 1
@@ -204,7 +205,10 @@ class Worker:
         """Train from round ``first + 1`` until the rounds or the time budget are used;
         returns the number of the last round."""
         # an emulated device's c is known before its first batch: Alg. 2 can pace round 1
-        progress, stats = Progress(c=self.emulation.expected_s(self.log.elapsed())), RoundStats()
+        progress, stats = (
+            LocalProgress(c=self.emulation.expected_s(self.log.elapsed())),
+            RoundStats(),
+        )
         round_no, round_started = first, time.perf_counter()
         if progress.c > 0.0:
             self.mode.device_known(progress.c)
@@ -390,6 +394,7 @@ def run(args: argparse.Namespace, distributed: bool) -> int:
             args, mode, model, data, size, ckpt, first, state, evals, kv, device
         )
     finally:
+        mode.close()
         if evals is not None:
             evals.close()
     print(f"[worker {mode.rank}] done after {rounds} rounds in {elapsed:.1f}s", flush=True)

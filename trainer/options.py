@@ -6,52 +6,11 @@ import argparse
 
 import config
 from models import MODEL_NAMES
-from trainer import registry
+from trainer import argtypes, registry
 from trainer.evaluator import EVALUATORS
 from trainer.layout import mode_dir_name
 from trainer.slowdown import EMULATIONS, Schedule, ScheduleError, schedule_arg
 from utils import DATASETS
-
-
-def _positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
-    return value
-
-
-def _non_negative_int(text: str) -> int:
-    value = int(text)
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be >= 0, got {value}")
-    return value
-
-
-def _non_negative_float(text: str) -> float:
-    value = float(text)
-    if not value >= 0.0 or value == float("inf"):
-        raise argparse.ArgumentTypeError(f"must be a finite number >= 0, got {text}")
-    return value
-
-
-def _positive_float(text: str) -> float:
-    value = _non_negative_float(text)
-    if value == 0.0:
-        raise argparse.ArgumentTypeError("must be > 0")
-    return value
-
-
-def _flag01(text: str) -> int:
-    if text not in ("0", "1"):
-        raise argparse.ArgumentTypeError(f"must be 0 or 1, got {text!r}")
-    return int(text)
-
-
-def _port(text: str) -> int:
-    value = int(text)
-    if not 1 <= value <= 65535:
-        raise argparse.ArgumentTypeError(f"port must be in 1..65535, got {value}")
-    return value
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -68,7 +27,7 @@ def build_parser() -> argparse.ArgumentParser:
         "-b",
         "--batch-size",
         dest="batch_size",
-        type=_positive_int,
+        type=argtypes.positive_int,
         default=config.BATCH_SIZE,
         help="per-worker batch size",
     )
@@ -76,31 +35,23 @@ def build_parser() -> argparse.ArgumentParser:
         "-l",
         "--learning-rate",
         dest="lr",
-        type=_positive_float,
+        type=argtypes.positive_float,
         default=config.LEARNING_RATE,
-        help="SGD learning rate (sync, async, local)",
+        help="SGD learning rate (the modes that step on every batch)",
     )
     p.add_argument(
         "-ll",
         "--local-lr",
         dest="local_lr",
-        type=_positive_float,
+        type=argtypes.positive_float,
         default=None,
-        help="esync: learning rate of the local steps (default: -l)",
-    )
-    p.add_argument(
-        "-gl",
-        "--global-lr",
-        dest="global_lr",
-        type=_positive_float,
-        default=config.LEARNING_RATE_GLOBAL,
-        help="esync: global step, w += gl * sum(delta) / p",
+        help="learning rate of the local steps of the model-averaging modes (default: -l)",
     )
     p.add_argument(
         "-s",
         "--split-by-class",
         dest="split_by_class",
-        type=_flag01,
+        type=argtypes.flag01,
         default=config.SPLIT_BY_CLASS,
         help="1: non-iid split by class",
     )
@@ -110,7 +61,7 @@ def build_parser() -> argparse.ArgumentParser:
         "-e",
         "--eval-duration",
         dest="eval_every_rounds",
-        type=_non_negative_int,
+        type=argtypes.non_negative_int,
         default=config.EVAL_EVERY_ROUNDS,
         help="rank 0 evaluates every this many rounds (iterations for async/local); "
         "0: only by --eval-interval and at the end",
@@ -118,7 +69,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--eval-interval",
         dest="eval_interval",
-        type=_non_negative_float,
+        type=argtypes.non_negative_float,
         default=config.EVAL_INTERVAL,
         help="rank 0 also evaluates when this many seconds passed since the last "
         "evaluation (0: off); the same time resolution for every mode",
@@ -130,27 +81,27 @@ def build_parser() -> argparse.ArgumentParser:
         default=config.DEFAULT_GPU_ID,
         help="GPU index to use when one exists (CPU otherwise)",
     )
-    p.add_argument("-c", "--cpu", type=_flag01, default=config.USE_CPU, help="1: force the CPU")
+    p.add_argument(
+        "-c", "--cpu", type=argtypes.flag01, default=config.USE_CPU, help="1: force the CPU"
+    )
     p.add_argument("-ip", "--state-server-ip", dest="ip", default=config.STATE_SERVER_IP)
     p.add_argument(
-        "-port", "--state-server-port", dest="port", type=_port, default=config.STATE_SERVER_PORT
-    )
-    p.add_argument(
-        "--epsilon",
-        type=_non_negative_float,
-        default=config.EPSILON,
-        help="esync: Alg. 2 slack in seconds (sent by rank 0 when it resets)",
+        "-port",
+        "--state-server-port",
+        dest="port",
+        type=argtypes.port,
+        default=config.STATE_SERVER_PORT,
     )
     p.add_argument(
         "--rounds",
-        type=_positive_int,
+        type=argtypes.positive_int,
         default=config.ROUNDS,
         help="stop after this many global rounds (esync, sync) or iterations (async, local)",
     )
     p.add_argument(
         "--max-time",
         dest="max_time",
-        type=_non_negative_float,
+        type=argtypes.non_negative_float,
         default=config.MAX_TIME,
         help="stop after this many seconds (0: no limit)",
     )
@@ -171,7 +122,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--jitter",
-        type=_non_negative_float,
+        type=argtypes.non_negative_float,
         default=config.JITTER,
         help="multiply each batch's device time (share: each wait) by a seeded log-normal "
         "factor exp(N(0, sigma^2))",
@@ -180,28 +131,28 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=config.SEED)
     p.add_argument(
         "--threads",
-        type=_positive_int,
+        type=argtypes.positive_int,
         default=config.NUM_THREADS,
         help="OMP / MKL threads of this process",
     )
     p.add_argument(
         "--checksum-every",
         dest="checksum_every",
-        type=_non_negative_int,
+        type=argtypes.non_negative_int,
         default=config.CHECKSUM_EVERY_ROUNDS,
         help="log a CRC32 of the global parameters every N rounds (0: never)",
     )
     p.add_argument(
         "--connect-timeout",
         dest="connect_timeout",
-        type=_positive_float,
+        type=argtypes.positive_float,
         default=config.CONNECT_TIMEOUT_S,
         help="seconds to wait for the MXNet cluster to form",
     )
     p.add_argument(
         "--failure-timeout",
         dest="failure_timeout",
-        type=_positive_float,
+        type=argtypes.positive_float,
         default=config.FAILURE_TIMEOUT_S,
         help="when a node of the cluster dies, every other process exits within this many "
         "seconds (exit code 5); a worker also exits when no round finished for this long "
@@ -211,7 +162,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--state-retry",
         dest="state_retry",
-        type=_positive_float,
+        type=argtypes.positive_float,
         default=config.STATE_SERVER_RETRY_S,
         help="seconds to keep retrying an unreachable State Server",
     )
@@ -226,7 +177,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--checkpoint-every",
         dest="checkpoint_every",
-        type=_non_negative_int,
+        type=argtypes.non_negative_int,
         default=config.CHECKPOINT_EVERY_ROUNDS,
         help="write a checkpoint every N rounds and after the last one (0: never)",
     )
@@ -267,7 +218,7 @@ def add_emulation_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--device-unit",
         dest="device_unit",
-        type=_positive_float,
+        type=argtypes.positive_float,
         default=config.DEVICE_UNIT_S,
         metavar="SECONDS",
         help="device emulation: T0, the seconds per batch of a slowdown-1 device (default: "
@@ -282,90 +233,16 @@ def add_emulation_arguments(p: argparse.ArgumentParser) -> None:
     )
 
 
-def _unit_interval(text: str) -> float:
-    value = _non_negative_float(text)
-    if not 0.0 < value <= 1.0:
-        raise argparse.ArgumentTypeError(f"must be in (0, 1], got {text}")
-    return value
-
-
-def _momentum(text: str) -> float:
-    value = _non_negative_float(text)
-    if not value < 1.0:
-        raise argparse.ArgumentTypeError(f"must be in [0, 1), got {text}")
-    return value
-
-
 def add_algorithm_arguments(p: argparse.ArgumentParser) -> None:
-    """Flags of particular algorithms (the modes that do not use one ignore it)."""
-    p.add_argument(
-        "--state-protocol",
-        dest="state_protocol",
-        choices=("blocking", "nonblocking"),
-        default=config.STATE_PROTOCOL,
-        help="esync: blocking asks the State Server before every local iteration (Alg. 2 as "
-        "written); nonblocking hands progress over and is told when to sync (delayed ACK)",
-    )
-    p.add_argument(
-        "--fill-last-batch",
-        dest="fill_last_batch",
-        type=_flag01,
-        default=config.FILL_LAST_BATCH,
-        help="esync, 1: compute a smaller last batch sized to the time left instead of idling",
-    )
-    add_federated_arguments(p)
-
-
-def add_federated_arguments(p: argparse.ArgumentParser) -> None:
-    """Flags of the journal paper's baselines and the ESync variants (trainer/federated.py)."""
-    p.add_argument(
-        "--local-steps",
-        dest="local_steps",
-        type=_positive_int,
-        default=config.LOCAL_STEPS,
-        help="fedavg, fedasync: local SGD steps between synchronisations (E)",
-    )
-    p.add_argument(
-        "--alpha",
-        type=_unit_interval,
-        default=config.FEDASYNC_ALPHA,
-        help="fedasync: mixing weight alpha in (0, 1]",
-    )
-    p.add_argument(
-        "--staleness",
-        choices=("constant", "polynomial", "hinge"),
-        default=config.FEDASYNC_STALENESS,
-        help="fedasync: staleness function s(t): constant 1, polynomial (t+1)^-a, hinge "
-        "(1 if t <= b else 1/(a(t-b)+1))",
-    )
-    p.add_argument(
-        "--staleness-a",
-        dest="staleness_a",
-        type=_non_negative_float,
-        default=config.FEDASYNC_STALENESS_A,
-        help="fedasync: a of the polynomial / hinge staleness function",
-    )
-    p.add_argument(
-        "--staleness-b",
-        dest="staleness_b",
-        type=_non_negative_float,
-        default=config.FEDASYNC_STALENESS_B,
-        help="fedasync: b of the hinge staleness function",
-    )
-    p.add_argument(
-        "--mu",
-        type=_non_negative_float,
-        default=config.PROX_MU,
-        help="esync-prox, fedavg: FedProx proximal term mu/2 * ||w - w_global||^2",
-    )
-    p.add_argument(
-        "--server-momentum",
-        dest="server_momentum",
-        type=_momentum,
-        default=config.SERVER_MOMENTUM,
-        help="esync-m: beta of the momentum on the global step, v = beta v + sum(dw) / p, "
-        "w += gl v (default: config.ESYNC_M_MOMENTUM)",
-    )
+    """The algorithms' own flags: every registered mode's strategy class (and its pacing
+    policy) adds its flags, each owning class once, in a group titled with the modes that
+    read them (trainer/strategy.py: ``add_arguments``)."""
+    users: dict[type, list[str]] = {}
+    for spec in registry.MODES.values():
+        for owner in spec.load().flag_owners():
+            users.setdefault(owner, []).append(spec.name)
+    for owner, modes in users.items():
+        owner.add_arguments(p.add_argument_group(f"{', '.join(modes)} ({owner.__name__})"))
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

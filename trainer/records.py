@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import os
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
 
@@ -13,30 +13,6 @@ from trainer.layout import META_NAME, ROUNDS_NAME, TENSORBOARD_GLOB
 
 if TYPE_CHECKING:
     from trainer.progress import ProgressReporter
-
-
-@dataclass
-class RoundStats:
-    """What one worker did in one round; the timers are seconds."""
-
-    local_iterations: int = 0
-    samples: int = 0
-    bytes_pushed: int = 0
-    bytes_pulled: int = 0
-    compute_s: float = 0.0
-    wait_s: float = 0.0
-    query_s: float = 0.0
-    comm_s: float = 0.0
-    eval_s: float = 0.0
-    extra: dict[str, Any] = field(default_factory=dict)
-
-    def as_record(self, round_no: int, elapsed: float) -> dict[str, Any]:
-        """The JSON object of this round, with ``round`` and ``time`` first."""
-        body = asdict(self)
-        extra = body.pop("extra")
-        for key in ("compute_s", "wait_s", "query_s", "comm_s", "eval_s"):
-            body[key] = round(body[key], 6)
-        return {"round": round_no, "time": round(elapsed, 6), **body, **extra}
 
 
 class RunLog:

@@ -11,7 +11,6 @@ algorithm lives in :mod:`trainer.modes`; the maths they share are plain function
 from __future__ import annotations
 
 import argparse
-import time
 import zlib
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
@@ -19,7 +18,8 @@ from typing import ClassVar
 
 import mxnet as mx
 
-from trainer.records import RoundStats
+from trainer.pacing import EveryBatch, Pacing
+from trainer.types import LocalProgress, RoundStats
 
 
 @dataclass
@@ -52,62 +52,116 @@ class Model:
         return f"{crc:08x}"
 
 
-@dataclass
-class Progress:
-    """A worker's progress in the current round, as the State Server sees it."""
-
-    k: int = 0  # local iterations in this round
-    c: float = 0.0  # seconds per batch (moving average, emulated slowdown included)
-    te: float = field(default_factory=time.time)  # Unix time the last iteration finished
-
-
 class Strategy(ABC):
     """A training mode. Subclass it, implement ``synchronise``, override the hooks you need.
 
     Lifecycle on every worker: ``from_args`` -> ``setup`` (once, collective) -> repeat
     { ``should_sync``? ``synchronise`` then ``begin_round`` : compute a batch of
-    ``next_batch_size`` samples, ``local_update`` }.
+    ``next_batch_size`` samples, ``local_update`` } -> ``close``.
+
+    **Flags and hyperparameters.** A class names its own hyperparameters in
+    ``hyperparameters`` (attribute names, each with its default as a class attribute) and adds
+    their flags in ``add_arguments`` (the flag's ``dest`` is the attribute's name), as a Django
+    management command does. main.py's parser calls ``add_arguments`` of every class that
+    defines one, once, for all registered modes (trainer/options.py); ``from_args`` then sets
+    every named hyperparameter from the parsed flags (a flag left at None keeps the class's
+    default, so two modes can share a flag with different defaults), and ``describe`` writes
+    them into meta.json.
+
+    **Local steps** are the ``pacing`` policy's (:mod:`trainer.pacing`): ``should_sync``,
+    ``next_batch_size``, ``begin_round`` and ``device_known`` delegate to it by default; a
+    class chooses its policy with ``pacing_class``.
     """
 
     synchronous: ClassVar[bool] = False
     """True when all workers hold bit-identical parameters after every round (the loop then
     writes a checksum of them into the records)."""
 
-    def __init__(self, lr: float, batch_size: int) -> None:
+    pacing_class: ClassVar[type[Pacing]] = EveryBatch
+    """The local-step policy ``from_args`` builds."""
+
+    lr_flag: ClassVar[str] = "lr"
+    """The flag (dest) of the learning rate of this mode's SGD steps: ``lr`` (-l) or
+    ``local_lr`` (-ll, the local steps of the model-averaging modes)."""
+
+    hyperparameters: ClassVar[tuple[str, ...]] = ()
+    """The hyperparameters this class introduces (its bases' are added to them)."""
+
+    def __init__(
+        self, lr: float, batch_size: int, pacing: Pacing | None = None, **hyper: object
+    ) -> None:
         self.lr = lr
         self.batch_size = batch_size
+        self.pacing = pacing if pacing is not None else EveryBatch(batch_size)
+        self.current_batch_size = batch_size  # samples of the batch being computed
         self.rank = 0
         self.num_workers = 1
+        unknown = sorted(set(hyper) - set(self.hyperparameter_names()))
+        if unknown:
+            raise TypeError(f"{type(self).__name__} has no hyperparameter {', '.join(unknown)}")
+        for name, value in hyper.items():
+            setattr(self, name, value)
+
+    @classmethod
+    def hyperparameter_names(cls) -> tuple[str, ...]:
+        """Every hyperparameter of this class and its bases, bases first."""
+        names: list[str] = []
+        for klass in reversed(cls.__mro__):
+            for name in klass.__dict__.get("hyperparameters", ()):
+                if name not in names:
+                    names.append(name)
+        return tuple(names)
+
+    @classmethod
+    def add_arguments(cls, parser: argparse.ArgumentParser) -> None:
+        """Add the flags of the hyperparameters this class introduces (none here)."""
+        return None
+
+    @classmethod
+    def flag_owners(cls) -> list[type]:
+        """The classes whose ``add_arguments`` this mode's flags come from: this class, its
+        bases and its pacing policy's classes, each that defines ``add_arguments`` itself."""
+        chain = [*cls.__mro__, *cls.pacing_class.__mro__]
+        return [k for k in chain if "add_arguments" in k.__dict__ and k not in (Strategy, Pacing)]
 
     @classmethod
     def from_args(cls, args: argparse.Namespace) -> Strategy:
-        """Build the strategy from main.py's flags (override to read more of them)."""
-        return cls(args.lr, args.batch_size)
+        """Build the strategy from main.py's flags: learning rate, batch size, the pacing
+        policy and every hyperparameter whose flag is not None."""
+        hyper = {n: getattr(args, n) for n in cls.hyperparameter_names()}
+        hyper = {n: v for n, v in hyper.items() if v is not None}
+        pacing = cls.pacing_class.from_args(args)
+        return cls(getattr(args, cls.lr_flag), args.batch_size, pacing, **hyper)
 
     def setup(self, model: Model, kv: mx.kv.KVStore | None) -> None:
         """Called once before training, with the KVStore of the registry's ``kv_type``
         (None when standalone). Collective in the distributed modes: every worker calls it;
-        rank 0's initial parameters must end up on every worker."""
+        rank 0's initial parameters must end up on every worker. Subclasses call this first:
+        it sets up the pacing (the State Server's init happens before any KVStore barrier)."""
         if kv is not None:
             self.rank, self.num_workers = kv.rank, kv.num_workers
+        self.pacing.setup(self.rank, self.num_workers)
 
-    def should_sync(self, progress: Progress, stats: RoundStats) -> bool:
-        """Whether the next step is a synchronisation rather than another local batch.
+    def should_sync(self, progress: LocalProgress, stats: RoundStats) -> bool:
+        """Whether the next step is a synchronisation rather than another local batch
+        (the pacing policy's answer)."""
+        return self.pacing.should_sync(progress, stats)
 
-        Default: after every batch (one local iteration per round).
-        """
-        return progress.k >= 1
-
-    def next_batch_size(self, progress: Progress) -> int:
+    def next_batch_size(self, progress: LocalProgress) -> int:
         """How many samples the next local iteration computes; called before every batch.
 
-        Default: the full ``batch_size``. A smaller batch (ESync's ``--fill-last-batch``)
-        holds the next samples of the worker's data order, its gradients in ``model.grads``
-        are sums over those samples, so ``local_update`` must scale by the size returned here
-        to take their mean (ESync keeps it in ``current_batch_size``). The loop does not
-        update ``progress.c`` (seconds per full batch) from a smaller batch.
+        The pacing policy's answer (the full ``batch_size`` but for ESync's
+        ``--fill-last-batch``), kept in ``current_batch_size``: the gradients in
+        ``model.grads`` are sums over that many samples, so ``local_update`` scales by it
+        (:meth:`batch_scale`) to take their mean. The loop does not update ``progress.c``
+        (seconds per full batch) from a smaller batch.
         """
-        return self.batch_size
+        self.current_batch_size = self.pacing.next_batch_size(progress)
+        return self.current_batch_size
+
+    def batch_scale(self) -> float:
+        """1 / the samples of the batch just computed: turns summed gradients into means."""
+        return 1.0 / self.current_batch_size
 
     def local_update(self, model: Model) -> None:
         """Called after each backward pass, gradients in ``model.grads``.
@@ -125,14 +179,19 @@ class Strategy(ABC):
         """
 
     def describe(self) -> dict[str, object]:
-        """Facts about the algorithm for meta.json (e.g. the server optimizer); default none."""
-        return {}
+        """Facts about the algorithm for meta.json: its hyperparameters and its pacing's."""
+        own = {name: getattr(self, name) for name in self.hyperparameter_names()}
+        return {**self.pacing.describe(), **own}
 
     def begin_round(self, round_no: int, stats: RoundStats) -> None:
         """Called just before the first batch of round ``round_no`` (after its records)."""
-        return None
+        self.pacing.begin_round(round_no, stats)
 
     def device_known(self, c: float) -> None:
         """Under device emulation, the device's seconds per batch, known before training
-        starts (called once, before the first ``begin_round``). Default: nothing."""
-        return None
+        starts (called once, before the first ``begin_round``)."""
+        self.pacing.device_known(c)
+
+    def close(self) -> None:
+        """The loop's end: release the pacing's threads and connections (idempotent)."""
+        self.pacing.close()
