@@ -47,13 +47,13 @@ mutants: $(STAMP)
 bench-state-server: $(STAMP)
 	$(PY) -m bench.bench_state_server
 
-# The full comparison of docs/reproduction.md: every mode on the iid split, then the distributed
-# modes on the non-iid split (-s 1; standalone training has no split), about 10 minutes.
+# The full comparison of docs/reproduction.md: every registered mode on the iid split, then the
+# distributed ones on the non-iid split (-s 1; standalone training has no split), ~20 minutes.
 COMPARE_FLAGS = -w $(WORKERS) --slowdowns $(SLOWDOWNS) -n $(NETWORK) --max-time 90 \
 	--rounds 100000 -e 0 --eval-interval 0.5 -ld $(LOG_DIR)
 reproduce: $(STAMP)
-	$(PY) launch.py --compare esync,esync-m,esync-nova,esync-prox,esync-scaffold,sync,async,dcasgd,fedavg,fedasync,local $(COMPARE_FLAGS)
-	$(PY) launch.py --compare esync,esync-m,esync-nova,esync-prox,esync-scaffold,sync,async,dcasgd,fedavg,fedasync $(COMPARE_FLAGS) -s 1
+	$(PY) launch.py --compare all $(COMPARE_FLAGS)
+	$(PY) launch.py --compare distributed $(COMPARE_FLAGS) -s 1
 	# devices that swap speed after 30 s (docs/slowdown.md): the fastest becomes 16x slower
 	$(PY) launch.py --compare esync,sync,async,fedavg -w $(WORKERS) -n $(NETWORK) --max-time 90 \
 		--rounds 100000 -e 0 --eval-interval 0.5 --slowdowns 1/16@30,1,4,16/1@30 \

@@ -448,7 +448,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--compare",
         default="",
         help=f"run these modes in turn, then summary, draw and report "
-        f"(choices: {','.join(registry.names())})",
+        f"(choices: {','.join(registry.names())}; or {', '.join(registry.GROUPS)})",
     )
     p.add_argument("-n", "--network", default=config.NETWORK)
     p.add_argument("-ld", "--log-dir", dest="log_dir", default=config.LOG_DIR)
@@ -627,14 +627,10 @@ def place_slowdowns(parser: argparse.ArgumentParser, opts: argparse.Namespace) -
 
 def compare_modes(parser: argparse.ArgumentParser, text: str) -> list[str]:
     """The mode names of ``--compare`` (argparse error naming the unknown ones)."""
-    modes = [m.strip() for m in text.split(",") if m.strip()]
-    bad = [m for m in modes if m not in registry.MODES]
-    if bad:
-        parser.error(
-            f"--compare: unknown mode(s) {', '.join(bad)} "
-            f"(choose from {', '.join(registry.names())})"
-        )
-    return modes
+    try:
+        return registry.select(text)
+    except registry.UnknownModeError as exc:
+        parser.error(f"--compare: {exc}")
 
 
 BUDGET_FLAGS = ("--max-time", "--rounds", "-e", "--eval-duration", "--eval-interval")

@@ -103,3 +103,13 @@ def test_every_registered_mode_runs_on_two_workers_and_reaches_the_report(log_di
         assert modes[name]["num_workers"] == len(folders)
         assert modes[name]["final_accuracy"] is not None, name
         assert f"| {name} |" in res.stdout or f"{name} " in res.stdout, name
+
+
+def test_compare_groups_expand_from_the_registry_in_table_order() -> None:
+    assert registry.select("all") == list(registry.names())
+    distributed = registry.select("distributed")
+    assert distributed == [s.name for s in registry.MODES.values() if s.kv_type is not None]
+    assert "local" not in distributed and len(distributed) == len(registry.MODES) - 1
+    assert registry.select("sync, esync,sync,,local") == ["sync", "esync", "local"]
+    with pytest.raises(registry.UnknownModeError, match=r"unknown mode\(s\) nova, x \(choose"):
+        registry.select("esync,nova,x")

@@ -156,6 +156,33 @@ def get(name: str) -> ModeSpec:
         raise UnknownModeError(f"unknown mode {name!r} (choose from {', '.join(MODES)})") from None
 
 
+GROUPS = {
+    "all": lambda spec: True,
+    "distributed": lambda spec: spec.distributed,
+}
+"""Names that stand for several modes in ``--compare`` (``all`` is every registered mode)."""
+
+
+def select(text: str) -> list[str]:
+    """The modes of a comma-separated list of names and groups (``all``, ``distributed``),
+    in the order given, each once; :class:`UnknownModeError` names the unknown ones."""
+    chosen: list[str] = []
+    unknown: list[str] = []
+    for item in (part.strip() for part in text.split(",")):
+        if item in GROUPS:
+            chosen += [s.name for s in MODES.values() if GROUPS[item](s)]
+        elif item in MODES:
+            chosen.append(item)
+        elif item:
+            unknown.append(item)
+    if unknown:
+        raise UnknownModeError(
+            f"unknown mode(s) {', '.join(unknown)} (choose from {', '.join(MODES)}, "
+            f"or {', '.join(GROUPS)})"
+        )
+    return list(dict.fromkeys(chosen))
+
+
 def alias_flags() -> dict[str, ModeSpec]:
     """Upstream's selector flags (``-dcasgd``) and the entry each one selects."""
     return {s.upstream_alias[1]: s for s in MODES.values() if s.upstream_alias is not None}
