@@ -105,8 +105,8 @@ MUTANTS: list[Mutant] = [
     Mutant(
         "ssgd-no-rescale",
         "trainer/modes.py",
-        "aggregate.sgd_step(model.params, grad_sums, self.lr, 1.0 / self.batch_size)",
-        "aggregate.sgd_step(model.params, grad_sums, self.lr, 1.0)",
+        "aggregate.sgd_step(model.params, sums.values, self.lr, 1.0 / self.batch_size)",
+        "aggregate.sgd_step(model.params, sums.values, self.lr, 1.0)",
         (f"{MATHS}::test_ssgd_applies_lr_times_the_sum_of_mean_gradients_and_averages_batchnorm",),
         "SSGD steps with summed instead of mean gradients (wrong scale)",
     ),
@@ -145,8 +145,8 @@ MUTANTS: list[Mutant] = [
     Mutant(
         "stop-vote-own-only",
         "trainer/modes.py",
-        "return self.sums[:n], aggregate.stop_vote(self.sums[-1].asscalar())",
-        "return self.sums[:n], stop",
+        "aggregate.stop_vote(self.sums[-1].asscalar()),",
+        "stop,",
         (f"{MATHS}::test_a_stop_vote_of_any_worker_stops_every_worker",),
         "the stop vote ignores the other workers",
     ),
@@ -161,8 +161,8 @@ MUTANTS: list[Mutant] = [
     Mutant(
         "esync-local-lr-is-l",
         "trainer/modes.py",
-        "args.local_lr,",
-        "args.lr,",
+        'lr_flag = "local_lr"\n    global_lr',
+        'lr_flag = "lr"\n    global_lr',
         ("tests/test_esync_epsilon.py::test_esync_local_steps_use_ll_and_the_flags_reach_alg_1",),
         "ESync's local SGD step uses -l instead of -ll",
     ),
@@ -213,10 +213,26 @@ MUTANTS: list[Mutant] = [
     Mutant(
         "scaffold-variate-after-pull",
         "trainer/federated.py",
-        "        aggregate.copy_into(self.c_local, variate)\n        deltas = ",
-        "        deltas = ",
+        "        aggregate.copy_into(self.c_local, variate)\n        return aggregate.deltas",
+        "        return aggregate.deltas",
         (f"{MATHS}::test_esync_scaffold_corrects_local_steps_by_the_control_variates",),
         "ESync-SCAFFOLD keeps its control variate after the KVStore overwrote it",
+    ),
+    Mutant(
+        "fedbuff-no-staleness-weight",
+        "trainer/aggregate.py",
+        "buffer[0:n] += pushed[0:n] * weight",
+        "buffer[0:n] += pushed[0:n]",
+        (f"{MATHS}::test_fedbuff_applies_the_staleness_weighted_mean_of_every_k_updates",),
+        "FedBuff buffers stale updates at full weight",
+    ),
+    Mutant(
+        "fedbuff-sums-the-buffer",
+        "trainer/aggregate.py",
+        "stored[0:n] += buffer[0:n] * (server_lr / buffer_size)",
+        "stored[0:n] += buffer[0:n] * server_lr",
+        (f"{MATHS}::test_fedbuff_applies_the_staleness_weighted_mean_of_every_k_updates",),
+        "FedBuff applies the sum of the buffered updates instead of their mean",
     ),
 ]
 

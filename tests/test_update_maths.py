@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 
 from trainer import aggregate, registry
+from trainer.fedbuff import FedBuff
 from trainer.federated import (
     ESyncM,
     ESyncNova,
@@ -504,3 +505,41 @@ def test_esync_m_steps_by_the_velocity_of_the_mean_deltas() -> None:
     assert_close([g.asnumpy() for g in mode.global_params], want)
     assert mode.describe()["server_momentum"] == 0.8
 
+
+# --- trainer/fedbuff.py ----------------------------------------------------------------------
+
+
+@covers(FedBuff)
+def test_fedbuff_applies_the_staleness_weighted_mean_of_every_k_updates() -> None:
+    kv = ServerStore(1)
+    mode, model = FedBuff(0.2, BATCH, FixedSteps(BATCH, 2), buffer_size=2), make_model()
+    mode.setup(model, kv)
+    assert mode.describe()["server_optimizer"] == "ServerRule(fedbuff_accumulate)"
+    arrays = W0 + AUX0  # weights and BatchNorm statistics are keys 0, 1, 2
+    # round 1: Δw of two local steps from W0 at version 0 is buffered (1 of K = 2): nothing
+    # is applied, so the pull gives W0 back at version 0
+    _local_steps(mode, model, (G1, G2))
+    mine = [x - w for x, w in zip(_prox_steps(0.2, 0.0, (G1, G2)), W0, strict=True)]
+    mode.synchronise(model, RoundStats(), stop=False)
+    assert_close(params(model), W0)
+    assert mode.version() == 0
+    assert kv.optimizer.last[0] == (0, 1.0, False)
+    # another worker's Δw from version 0 fills the buffer: w += (mine + other) / 2, version 1
+    other = [np.full(a.shape, 0.5) for a in arrays]
+    _server_push(kv, other, version=0)
+    assert kv.optimizer.last[0] == (0, 1.0, True)
+    server = [a + (m + o) / 2 for a, m, o in zip(arrays, mine + [np.zeros(2)], other, strict=True)]
+    assert_close([kv.stored[k][:-1].reshape(a.shape) for k, a in enumerate(arrays)], server)
+    # round 2: one step from W0 (pulled at version 0), pushed when the server is at version 1:
+    # staleness 1, weight 1 / sqrt(2); buffered, so the pull gives the version-1 weights
+    _local_steps(mode, model, (G1,))
+    mine = [-0.2 * g / BATCH for g in G1] + [np.zeros(2)]
+    mode.synchronise(model, RoundStats(), stop=False)
+    s1 = 2**-0.5
+    assert kv.optimizer.last[0] == (1, pytest.approx(s1), False)
+    assert_close(params(model), server[:2])
+    assert mode.version() == 1
+    _server_push(kv, other, version=0)  # staleness 1 too: the buffer is applied
+    server = [s + s1 * (m + o) / 2 for s, m, o in zip(server, mine, other, strict=True)]
+    assert_close([kv.stored[k][:-1].reshape(a.shape) for k, a in enumerate(arrays)], server)
+    assert [kv.stored[k][-1] for k in range(3)] == [2.0, 2.0, 2.0] and kv.pushes == 4

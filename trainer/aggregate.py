@@ -162,3 +162,41 @@ def fedasync_mix(
     stored[n:] = version + 1
     return staleness, a_t
 
+
+def fedbuff_buffer(stored: mx.nd.NDArray) -> mx.nd.NDArray:
+    """FedBuff's server-side state of one key: the weighted sum of the buffered updates,
+    followed by one element, how many updates it holds (a zero array shaped as ``stored``)."""
+    return mx.nd.zeros(stored.shape, stored.context, dtype=stored.dtype)
+
+
+def fedbuff_accumulate(
+    stored: mx.nd.NDArray,
+    pushed: mx.nd.NDArray,
+    buffer: mx.nd.NDArray,
+    buffer_size: int,
+    server_lr: float,
+    exponent: float,
+) -> tuple[int, float, bool]:
+    """FedBuff's server update of one key (Nguyen et al. 2022, Alg. 1), in place; returns
+    (staleness, its weight, whether the buffer was applied).
+
+    ``stored`` is a flattened weight followed by its version (how many times a full buffer
+    was applied), ``pushed`` a worker's flattened Δw followed by the version it trained from,
+    ``buffer`` :func:`fedbuff_buffer`'s state. staleness t = stored version - pushed version;
+    the update enters the buffer weighted by s(t) = (1 + t)^-exponent (the paper's
+    1 / sqrt(1 + t) for exponent 0.5); the K-th update (K = ``buffer_size``) applies
+    w += server_lr * (buffer sum) / K, increments the version and empties the buffer.
+    """
+    n = stored.size - 1
+    version = int(stored[n:].asscalar())
+    staleness = max(0, version - int(pushed[n:].asscalar()))
+    weight = staleness_weight("polynomial", staleness, exponent, 0.0)
+    buffer[0:n] += pushed[0:n] * weight
+    count = int(buffer[n:].asscalar()) + 1
+    if count < buffer_size:
+        buffer[n:] = count
+        return staleness, weight, False
+    stored[0:n] += buffer[0:n] * (server_lr / buffer_size)
+    stored[n:] = version + 1
+    buffer[:] = 0.0
+    return staleness, weight, True

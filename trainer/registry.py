@@ -133,6 +133,14 @@ MODES: dict[str, ModeSpec] = {
             "tab:brown",
             "FedAsync: E local steps, the server mixes the model in by staleness",
         ),
+        ModeSpec(
+            "fedbuff",
+            "trainer.fedbuff:FedBuff",
+            "dist_async",
+            "FedBuff",
+            "goldenrod",
+            "FedBuff: E local steps, the server applies the mean of every K updates by staleness",
+        ),
     )
 }
 
