@@ -20,7 +20,7 @@ import pytest
 from conftest import assert_all_gone, launched_pids, read_rounds, run_py, worker_folders
 
 import config
-from supervisor import ROOT
+from launcher.supervision import ROOT
 from trainer import registry
 from trainer.federated import ESyncM, ESyncNova, ESyncProx, FedAsync, FedAsyncMixer, FedAvg
 from trainer.options import parse_args

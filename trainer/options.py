@@ -5,6 +5,12 @@ from __future__ import annotations
 import argparse
 
 import config
+from argtypes import flag01 as _flag01
+from argtypes import non_negative_float as _non_negative_float
+from argtypes import non_negative_int as _non_negative_int
+from argtypes import port as _port
+from argtypes import positive_float as _positive_float
+from argtypes import positive_int as _positive_int
 from models import MODEL_NAMES
 from trainer import registry
 from trainer.evaluator import EVALUATORS
@@ -13,56 +19,15 @@ from trainer.slowdown import EMULATIONS, Schedule, ScheduleError, schedule_arg
 from utils import DATASETS
 
 
-def _positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
-    return value
-
-
-def _non_negative_int(text: str) -> int:
-    value = int(text)
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be >= 0, got {value}")
-    return value
-
-
-def _non_negative_float(text: str) -> float:
-    value = float(text)
-    if not value >= 0.0 or value == float("inf"):
-        raise argparse.ArgumentTypeError(f"must be a finite number >= 0, got {text}")
-    return value
-
-
-def _positive_float(text: str) -> float:
-    value = _non_negative_float(text)
-    if value == 0.0:
-        raise argparse.ArgumentTypeError("must be > 0")
-    return value
-
-
-def _flag01(text: str) -> int:
-    if text not in ("0", "1"):
-        raise argparse.ArgumentTypeError(f"must be 0 or 1, got {text!r}")
-    return int(text)
-
-
-def _port(text: str) -> int:
-    value = int(text)
-    if not 1 <= value <= 65535:
-        raise argparse.ArgumentTypeError(f"port must be in 1..65535, got {value}")
-    return value
-
-
 def build_parser() -> argparse.ArgumentParser:
     """The parser of main.py; defaults come from config.py."""
     p = argparse.ArgumentParser(
         prog="main.py",
         description="ESync worker / standalone trainer. With DMLC_ROLE=scheduler|server it runs "
         "the MXNet (ps-lite) scheduler or parameter server instead.",
+        parents=[shared_parser()],
     )
     registry.add_mode_arguments(p, config.MODE)
-    p.add_argument("-n", "--network", choices=MODEL_NAMES, default=config.NETWORK)
     p.add_argument("--dataset", choices=DATASETS, default=config.DATASET)
     p.add_argument(
         "-b",
@@ -96,16 +61,7 @@ def build_parser() -> argparse.ArgumentParser:
         default=config.LEARNING_RATE_GLOBAL,
         help="esync: global step, w += gl * sum(delta) / p",
     )
-    p.add_argument(
-        "-s",
-        "--split-by-class",
-        dest="split_by_class",
-        type=_flag01,
-        default=config.SPLIT_BY_CLASS,
-        help="1: non-iid split by class",
-    )
     p.add_argument("-dd", "--data-dir", dest="data_dir", default=config.DATA_DIR)
-    p.add_argument("-ld", "--log-dir", dest="log_dir", default=config.LOG_DIR)
     p.add_argument(
         "-e",
         "--eval-duration",
@@ -176,14 +132,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="multiply each batch's device time (share: each wait) by a seeded log-normal "
         "factor exp(N(0, sigma^2))",
     )
-    add_emulation_arguments(p)
     p.add_argument("--seed", type=int, default=config.SEED)
-    p.add_argument(
-        "--threads",
-        type=_positive_int,
-        default=config.NUM_THREADS,
-        help="OMP / MKL threads of this process",
-    )
     p.add_argument(
         "--checksum-every",
         dest="checksum_every",
@@ -253,9 +202,33 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def shared_parser() -> argparse.ArgumentParser:
+    """The flags main.py and launch.py both read, as a ``parents=[...]`` parser of both: the
+    launcher uses them itself and hands them on to every main.py (one definition, so one
+    type check, default and help text)."""
+    p = argparse.ArgumentParser(add_help=False)
+    p.add_argument("-n", "--network", choices=MODEL_NAMES, default=config.NETWORK)
+    p.add_argument("-ld", "--log-dir", dest="log_dir", default=config.LOG_DIR)
+    p.add_argument(
+        "-s",
+        "--split-by-class",
+        dest="split_by_class",
+        type=_flag01,
+        default=config.SPLIT_BY_CLASS,
+        help="1: non-iid split by class",
+    )
+    p.add_argument(
+        "--threads",
+        type=_positive_int,
+        default=config.NUM_THREADS,
+        help="OMP / MKL threads of a trainer process",
+    )
+    add_emulation_arguments(p)
+    return p
+
+
 def add_emulation_arguments(p: argparse.ArgumentParser) -> None:
-    """How devices are emulated (trainer/slowdown.py) and where rank 0 evaluates; launch.py
-    shares these."""
+    """How devices are emulated (trainer/slowdown.py) and where rank 0 evaluates."""
     p.add_argument(
         "--emulation",
         choices=EMULATIONS,
