@@ -19,7 +19,7 @@ Writes:
 * ``compute_ratio.png``: compute-time ratio of every worker (x: emulated device: slowdown S),
   one bar per mode, one panel per split.
 * ``speedup.md``: time to ``--target`` accuracy per mode and ESync's speedup
-  = baseline time / ESync time (same split), as computed by ``report.speedup_table``.
+  = baseline time / ESync time (same split), as computed by ``summary.speedup_table``.
 """
 
 from __future__ import annotations
@@ -38,8 +38,14 @@ from matplotlib.axes import Axes  # noqa: E402
 from matplotlib.ticker import PercentFormatter  # noqa: E402
 
 import config  # noqa: E402
-from report import cell, speedup_table  # noqa: E402
-from summary import byte_unit, load_all, run_tool, tool_parser  # noqa: E402
+from summary import (  # noqa: E402
+    byte_unit,
+    cell,
+    load_all,
+    run_tool,
+    speedup_table,
+    tool_parser,
+)
 from trainer import layout, registry  # noqa: E402
 from trainer.layout import SPLITS  # noqa: E402
 
@@ -319,7 +325,7 @@ def plot_compute_ratio(summaries: dict[str, Summary], path: Path) -> str:
 
 
 def speedup_markdown(table: dict[str, dict[str, Any]], network: str, target: float) -> str:
-    """Markdown table of ``report.speedup_table`` (per mode folder)."""
+    """Markdown table of ``summary.speedup_table`` (per mode folder)."""
     lines = [
         f"# {network}: time to {target:.1%} test accuracy",
         "",

@@ -40,17 +40,19 @@ from typing import Any
 from summary import (
     SummaryError,
     byte_unit,
+    cell,
     known_mode_dirs,
     load_all,
     load_summary,
     ratio,
     rebalance_rounds,
     run_tool,
+    speedup_table,
     time_to_target,
     tool_parser,
     write_summary,
 )
-from trainer import layout, registry
+from trainer import layout
 
 Summary = dict[str, Any]
 
@@ -62,43 +64,6 @@ FIGURES = (
     "compute_ratio.png",
     "local_iterations.png",
 )
-
-
-def cell(value: float | None, spec: str, missing: str = "-") -> str:
-    """``value`` formatted with ``spec``, or ``missing`` when it is None.
-
-    Every table of report.md, speedup.md and the console shows a missing number this way.
-    """
-    return missing if value is None else format(value, spec)
-
-
-def reference_of(mode_dir: str) -> str:
-    """The mode folder ``mode_dir`` is compared with: the registry's reference, same split.
-
-    A non-iid run is only comparable with a non-iid reference run (same data partition).
-    """
-    return layout.same_split(registry.REFERENCE, mode_dir)
-
-
-def speedup_table(summaries: dict[str, Summary], target: float) -> dict[str, dict[str, Any]]:
-    """Per mode folder: time to ``target`` and ESync's speedup = its time / ESync's time.
-
-    The one place the speedup is computed; ``esync_mode`` is None when the reference of the
-    same split did not run (then ``esync_speedup`` is None too). The reference itself gets 1.0
-    when it reached the target.
-    """
-    times = {m: time_to_target(s.get("accuracy") or [], target) for m, s in summaries.items()}
-    table = {}
-    for mode, summary in summaries.items():
-        reference = reference_of(mode)
-        table[mode] = {
-            "split": summary.get("split", "iid"),
-            "time_to_target_s": times[mode],
-            "final_accuracy": summary.get("final_accuracy"),
-            "esync_mode": reference if reference in summaries else None,
-            "esync_speedup": ratio(times[mode], times.get(reference)),
-        }
-    return table
 
 
 def mode_row(summary: dict[str, Any], target: float) -> dict[str, Any]:

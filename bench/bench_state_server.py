@@ -18,7 +18,7 @@ server it starts is stopped (process group) before it exits. Run from the repo r
 
     .venv/bin/python -m bench.bench_state_server [--duration 4] [--servers runserver,gunicorn]
 
-The servers are started and stopped by :mod:`supervisor` (the State Server command line of
+The servers are started and stopped by :mod:`launcher.supervision` (the State Server command line of
 ``launch.py``), their output in a temporary folder; when one does not come up, the error
 shows its last output.
 """
@@ -36,7 +36,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from supervisor import Cluster, Proc, child_env, start_state_server
+from launcher.supervision import Cluster, Proc, child_env, start_state_server
 
 SERVER_KINDS = ("runserver", "gunicorn", "plain-runserver")
 START_TIMEOUT_S = 30.0

@@ -32,8 +32,8 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from launcher.supervision import PYTHON, ROOT, child_env
 from summary import load_summary
-from supervisor import PYTHON, ROOT, child_env
 from trainer import calibrate, layout
 from trainer.slowdown import Schedule
 

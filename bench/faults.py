@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 
 import config
 import summary
-from supervisor import PYTHON, ROOT, child_env
+from launcher.supervision import PYTHON, ROOT, child_env
 from trainer import layout
 
 TARGETS = ("worker", "server", "scheduler", "state-server")

@@ -35,6 +35,7 @@ from dataclasses import dataclass
 from typing import IO
 
 import config
+from argtypes import http_url
 
 EXIT_FAILED = 1
 EXIT_UNREACHABLE = 2
@@ -371,12 +372,6 @@ def _unreachable_message(exc: Unreachable, name: str, data_dir: str) -> str:
     return "\n".join(lines)
 
 
-def _http_url(value: str) -> str:
-    if not value.startswith(("http://", "https://")):
-        raise argparse.ArgumentTypeError(f"not an http(s) URL: {value!r}")
-    return value
-
-
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="python -m data.fetch",
@@ -399,7 +394,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--mirror",
-        type=_http_url,
+        type=http_url,
         default=None,
         help=f"base URL to fetch the same file names from (default: ${MIRROR_ENV}, "
         "else the official sources)",
@@ -413,7 +408,7 @@ def main(argv: list[str] | None = None) -> int:
     mirror = args.mirror
     if mirror is None and os.environ.get(MIRROR_ENV):
         try:
-            mirror = _http_url(os.environ[MIRROR_ENV])
+            mirror = http_url(os.environ[MIRROR_ENV])
         except argparse.ArgumentTypeError as exc:
             parser.error(f"${MIRROR_ENV}: {exc}")
     for name in args.datasets:

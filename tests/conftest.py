@@ -10,14 +10,14 @@ import subprocess
 import psutil
 import pytest
 
-import supervisor
-from supervisor import PYTHON, ROOT
+from launcher import supervision
+from launcher.supervision import PYTHON, ROOT
 from trainer import layout
 
 
 def clean_env(**extra: str) -> dict[str, str]:
     """The test's environment without cluster variables, one thread per process."""
-    return supervisor.child_env(1, extra, drop=supervisor.CLUSTER_VARS)
+    return supervision.child_env(1, extra, drop=supervision.CLUSTER_VARS)
 
 
 # Launches in the tests use this device unit instead of a calibrated one (a probe costs seconds
@@ -91,7 +91,7 @@ def kill_session(sid: int) -> None:
     except psutil.NoSuchProcess:
         return
     for proc in family:
-        supervisor.signal_group(proc.pid, signal.SIGKILL)
+        supervision.signal_group(proc.pid, signal.SIGKILL)
 
 
 def read_rounds(folder: str) -> list[dict]:

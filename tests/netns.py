@@ -21,7 +21,9 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from supervisor import PYTHON, Cluster, LaunchError, Proc
+import pytest
+
+from launcher.supervision import CLUSTER_VARS, PYTHON, Cluster, LaunchError, Proc, child_env
 
 PREFIX = "esmh"  # namespace names: esmh<pid>-<role>
 NIC = "veth0"  # name of the cluster interface inside every host namespace
@@ -53,6 +55,23 @@ def available() -> tuple[bool, str]:
     if made.returncode != 0:
         return False, f"cannot create a network namespace: {made.stderr.strip()}"
     return True, ""
+
+
+def host_marks() -> list[pytest.MarkDecorator]:
+    """The ``pytestmark`` of a test file on emulated hosts: netns, slow, and skipped (saying
+    why) where namespaces cannot be built."""
+    ok, why = available()
+    return [
+        pytest.mark.netns,
+        pytest.mark.slow,
+        pytest.mark.skipif(not ok, reason=f"emulated hosts: {why}"),
+    ]
+
+
+def host_env(extra: dict[str, str]) -> dict[str, str]:
+    """A child's environment on an emulated host: one thread, none of this shell's cluster
+    variables (a stray DMLC_* would join the wrong cluster), plus ``extra``."""
+    return child_env(1, extra, drop=CLUSTER_VARS)
 
 
 def _ip(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
@@ -235,7 +254,7 @@ class Network:
 
 @dataclass
 class Processes(Cluster):
-    """Children of one test, stopped by ``supervisor.Cluster`` (process groups, TERM then
+    """Children of one test, stopped by ``supervision.Cluster`` (process groups, TERM then
     KILL), plus anything that still carries this run's marker (``MARKER_VAR``, set through
     ``env_extra``) in its environment."""
 

@@ -27,7 +27,7 @@ import pytest
 from conftest import kill_session, start_launcher
 
 import config
-from supervisor import CLUSTER_VARS, Cluster, child_env, signal_group, start_state_server
+from launcher.supervision import CLUSTER_VARS, Cluster, child_env, signal_group, start_state_server
 from trainer.progress import ProgressReporter
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")

@@ -25,7 +25,7 @@ from typing import Any
 
 import pytest
 
-from supervisor import CLUSTER_VARS, PYTHON, child_env, state_server_cmd
+from launcher.supervision import CLUSTER_VARS, PYTHON, child_env, state_server_cmd
 from tests.deploy_files import (
     DEPLOY_DOC,
     DOCKERIGNORE,

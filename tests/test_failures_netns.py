@@ -18,26 +18,18 @@ from pathlib import Path
 
 import pytest
 
-import supervisor
-from supervisor import CLUSTER_VARS, PYTHON, ROOT, child_env
+from launcher import supervision
+from launcher.supervision import PYTHON, ROOT
 from tests import netns
 
-OK, WHY = netns.available()
 FAILURE_TIMEOUT_S = 20.0
 EXIT_LIMIT_S = 150.0  # every survivor must be gone this long after the kill
 WORKERS = {"hostB": (1.0, 1.0), "hostC": (1.0, 4.0)}  # slowdowns of the workers per host
 ROUNDS_BEFORE_KILL = 3
 START_TIMEOUT_S = 150.0
 
-pytestmark = [
-    pytest.mark.netns,
-    pytest.mark.slow,
-    pytest.mark.skipif(not OK, reason=f"emulated hosts: {WHY}"),
-]
-
-
-def _env(extra: dict[str, str]) -> dict[str, str]:
-    return child_env(1, extra, drop=CLUSTER_VARS)
+pytestmark = netns.host_marks()
+_env = netns.host_env
 
 
 def _worker_metas(log_dir: Path) -> list[tuple[dict, int]]:
@@ -70,7 +62,7 @@ def _wait_for_rounds(procs: netns.Processes, log_dir: Path, workers: int) -> lis
         time.sleep(0.25)
 
 
-def _wait_for_exits(procs: list[supervisor.Proc], killed_at: float) -> dict[str, float]:
+def _wait_for_exits(procs: list[supervision.Proc], killed_at: float) -> dict[str, float]:
     """Seconds from the kill to each process's exit (only those that exited in time)."""
     exits: dict[str, float] = {}
     while len(exits) < len(procs) and time.monotonic() - killed_at < EXIT_LIMIT_S:
@@ -88,7 +80,7 @@ def _start_cluster(net: netns.Network, procs: netns.Processes, log_dir: Path) ->
     state = procs.start(
         "stateserver",
         "state-server",
-        a.wrap(supervisor.state_server_cmd("runserver", a.address, port)),
+        a.wrap(supervision.state_server_cmd("runserver", a.address, port)),
         _env({"ESYNC_ALLOWED_HOSTS": a.address}),
         str(ROOT),
     )

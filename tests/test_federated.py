@@ -19,7 +19,7 @@ import sys
 import pytest
 from conftest import assert_all_gone, launched_pids, read_rounds, run_py, worker_folders
 
-from supervisor import ROOT
+from launcher.supervision import ROOT
 from trainer import aggregate, registry
 from trainer.federated import ESyncM, ESyncNova, ESyncProx, FedAsync, FedAvg
 from trainer.options import parse_args

@@ -27,7 +27,7 @@ from conftest import run_py
 
 import utils
 from data import fetch
-from supervisor import free_port
+from launcher.supervision import free_port
 
 FASHION = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte")
 FASHION += ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")

@@ -31,7 +31,7 @@ from typing import Any
 import pytest
 
 import summary
-from supervisor import CLUSTER_VARS, PYTHON, child_env
+from launcher.supervision import PYTHON
 from tests import netns
 from tests.deploy_files import (
     ROOT,
@@ -43,20 +43,12 @@ from tests.deploy_files import (
     with_flags,
 )
 
-OK, WHY = netns.available()
 ROUNDS = 5
 WORKERS = {"hostB": (1.0, 1.0), "hostC": (4.0, 8.0)}  # slowdowns of the workers per host
 TIMEOUT_S = 150.0  # for one whole run; each takes ~6-15 s on 2 cores
 
-pytestmark = [
-    pytest.mark.netns,
-    pytest.mark.slow,
-    pytest.mark.skipif(not OK, reason=f"emulated hosts: {WHY}"),
-]
-
-
-def _env(extra: dict[str, str]) -> dict[str, str]:
-    return child_env(1, extra, drop=CLUSTER_VARS)
+pytestmark = netns.host_marks()
+_env = netns.host_env
 
 
 def _interpolate(env: Mapping[str, Any], values: Mapping[str, str]) -> dict[str, str]:

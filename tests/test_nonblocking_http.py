@@ -17,7 +17,14 @@ from pathlib import Path
 import pytest
 from stub_http import JSONStubHandler
 
-from supervisor import CLUSTER_VARS, Cluster, Proc, child_env, free_port, start_state_server
+from launcher.supervision import (
+    CLUSTER_VARS,
+    Cluster,
+    Proc,
+    child_env,
+    free_port,
+    start_state_server,
+)
 from trainer.pacing import StateServerPacing
 from trainer.state_client import (
     ProgressChannel,

@@ -19,6 +19,7 @@ from typing import Any
 import pytest
 
 import config
+from launcher.supervision import CLUSTER_VARS, Cluster, child_env, free_port, start_state_server
 from StateServer.dashboard import page, svg
 from StateServer.progress import (
     FAILED,
@@ -33,7 +34,6 @@ from StateServer.progress import (
     decode_body,
     parse_progress,
 )
-from supervisor import CLUSTER_VARS, Cluster, child_env, free_port, start_state_server
 from trainer.progress import ProgressReporter, progress_reporter, run_name
 from trainer.records import RunLog
 

@@ -10,9 +10,9 @@ import pytest
 from conftest import run_py, worker_folders
 
 import draw
-import launch
 import report
 import summary
+from launcher import cli
 from trainer import layout, registry
 from trainer.options import build_parser, parse_args
 from trainer.strategy import Strategy
@@ -25,7 +25,7 @@ def test_every_entry_loads_a_strategy_and_parses(name: str) -> None:
     assert issubclass(cls, Strategy) and cls is not Strategy
     assert cls.synchronous == (spec.kv_type == "dist_sync"), name
     assert parse_args(["-m", name]).mode == name
-    opts = launch.build_parser().parse_known_args(["--compare", name])[0]
+    opts = cli.build_parser().parse_known_args(["--compare", name])[0]
     assert opts.compare == name
     run_dir = layout.mode_dir_name(name, True)
     assert layout.mode_of(run_dir) == name and layout.split_of(run_dir) == "niid"

@@ -1,4 +1,4 @@
-"""``launch.py -H HOSTFILE``: workers on other hosts over ssh (remote.py).
+"""``launch.py -H HOSTFILE``: workers on other hosts over ssh (launcher/ssh.py).
 
 Fast tests: the host file parser (good lines, and bad ones named by line number), placing the
 slowdowns, the probe's aggregation of every host's problems (fake ssh runner), the remote
@@ -38,8 +38,8 @@ from pathlib import Path
 
 import pytest
 
-import remote
-from supervisor import CLUSTER_VARS, PYTHON, ROOT, Cluster, child_env
+from launcher import ssh as remote
+from launcher.supervision import CLUSTER_VARS, PYTHON, ROOT, Cluster, child_env
 from tests import netns
 from tests.conftest import run_py
 

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 from stub_http import JSONStubHandler
 
-from supervisor import (
+from launcher.supervision import (
     CLUSTER_VARS,
     Cluster,
     LaunchError,

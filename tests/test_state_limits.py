@@ -1,7 +1,7 @@
 """The State Server's runserver at its limits: bad Content-Length headers and the connection cap.
 
 The Content-Length tests run a real ``python -m StateServer runserver`` (started the way the
-launcher does, ``supervisor.start_state_server``) and speak raw HTTP to it. The connection cap
+launcher does, ``supervision.start_state_server``) and speak raw HTTP to it. The connection cap
 is checked on the server class itself, assembled as Django's runserver assembles it (a
 ``ThreadingMixIn`` over :class:`FastWSGIServer`), with a small cap, serving real sockets.
 """
@@ -19,8 +19,8 @@ from typing import Any
 
 import pytest
 
+from launcher.supervision import Cluster, start_state_server
 from StateServer.stateserver.fastserver import FastWSGIServer
-from supervisor import Cluster, start_state_server
 from trainer.state_client import StateClient
 
 ANSWER_WITHIN_S = 5.0  # a bad request is answered at once, never after a socket time-out

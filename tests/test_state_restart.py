@@ -1,6 +1,6 @@
 """The State Server is soft state: it can be killed and restarted in the middle of a run.
 
-Fast tests of the supervisor's restart policy with stand-in processes, then (``slow``) real
+Fast tests of the supervision's restart policy with stand-in processes, then (``slow``) real
 ESync runs whose State Server is killed with SIGKILL: the launcher's own one (restarted by
 the launcher) and an external one (restarted by the test on the same port).
 """
@@ -28,7 +28,7 @@ from conftest import (
     worker_folders,
 )
 
-from supervisor import Cluster, LaunchError, start_state_server, wait_http
+from launcher.supervision import Cluster, LaunchError, start_state_server, wait_http
 from trainer import layout
 
 DIES_SOON = "import os, time; print('up', os.getpid(), flush=True); time.sleep(0.3); exit(3)"

@@ -35,7 +35,7 @@ from pathlib import Path
 from typing import Any
 
 import config
-from supervisor import child_env
+from launcher.supervision import child_env
 
 EVALUATORS = ("process", "inline")
 SNAPSHOT = "snapshot.params"

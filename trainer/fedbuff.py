@@ -17,7 +17,8 @@ from typing import ClassVar
 
 import mxnet as mx
 
-from trainer import aggregate, argtypes
+import argtypes
+from trainer import aggregate
 from trainer.federated import ServerRule, VersionedAsync
 
 

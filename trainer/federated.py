@@ -26,7 +26,8 @@ from typing import ClassVar
 
 import mxnet as mx
 
-from trainer import aggregate, argtypes
+import argtypes
+from trainer import aggregate
 from trainer.modes import ESync, KVExchange, ModelAveraging, Sums, init_server
 from trainer.pacing import FixedSteps
 from trainer.strategy import Model, Strategy

@@ -21,7 +21,8 @@ from typing import ClassVar
 
 import mxnet as mx
 
-from trainer import aggregate, argtypes
+import argtypes
+from trainer import aggregate
 from trainer.pacing import StateServerPacing
 from trainer.strategy import Model, Strategy
 from trainer.types import RoundStats

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import argparse
 
+import argtypes
 import config
 from models import MODEL_NAMES
-from trainer import argtypes, registry
+from trainer import registry
 from trainer.evaluator import EVALUATORS
 from trainer.layout import mode_dir_name
 from trainer.slowdown import EMULATIONS, Schedule, ScheduleError, schedule_arg
@@ -19,9 +20,9 @@ def build_parser() -> argparse.ArgumentParser:
         prog="main.py",
         description="ESync worker / standalone trainer. With DMLC_ROLE=scheduler|server it runs "
         "the MXNet (ps-lite) scheduler or parameter server instead.",
+        parents=[shared_parser()],
     )
     registry.add_mode_arguments(p, config.MODE)
-    p.add_argument("-n", "--network", choices=MODEL_NAMES, default=config.NETWORK)
     p.add_argument("--dataset", choices=DATASETS, default=config.DATASET)
     p.add_argument(
         "-b",
@@ -47,16 +48,7 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="learning rate of the local steps of the model-averaging modes (default: -l)",
     )
-    p.add_argument(
-        "-s",
-        "--split-by-class",
-        dest="split_by_class",
-        type=argtypes.flag01,
-        default=config.SPLIT_BY_CLASS,
-        help="1: non-iid split by class",
-    )
     p.add_argument("-dd", "--data-dir", dest="data_dir", default=config.DATA_DIR)
-    p.add_argument("-ld", "--log-dir", dest="log_dir", default=config.LOG_DIR)
     p.add_argument(
         "-e",
         "--eval-duration",
@@ -127,14 +119,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="multiply each batch's device time (share: each wait) by a seeded log-normal "
         "factor exp(N(0, sigma^2))",
     )
-    add_emulation_arguments(p)
     p.add_argument("--seed", type=int, default=config.SEED)
-    p.add_argument(
-        "--threads",
-        type=argtypes.positive_int,
-        default=config.NUM_THREADS,
-        help="OMP / MKL threads of this process",
-    )
     p.add_argument(
         "--checksum-every",
         dest="checksum_every",
@@ -204,9 +189,33 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def shared_parser() -> argparse.ArgumentParser:
+    """The flags main.py and launch.py both read, as a ``parents=[...]`` parser of both: the
+    launcher uses them itself and hands them on to every main.py (one definition, so one
+    type check, default and help text)."""
+    p = argparse.ArgumentParser(add_help=False)
+    p.add_argument("-n", "--network", choices=MODEL_NAMES, default=config.NETWORK)
+    p.add_argument("-ld", "--log-dir", dest="log_dir", default=config.LOG_DIR)
+    p.add_argument(
+        "-s",
+        "--split-by-class",
+        dest="split_by_class",
+        type=argtypes.flag01,
+        default=config.SPLIT_BY_CLASS,
+        help="1: non-iid split by class",
+    )
+    p.add_argument(
+        "--threads",
+        type=argtypes.positive_int,
+        default=config.NUM_THREADS,
+        help="OMP / MKL threads of a trainer process",
+    )
+    add_emulation_arguments(p)
+    return p
+
+
 def add_emulation_arguments(p: argparse.ArgumentParser) -> None:
-    """How devices are emulated (trainer/slowdown.py) and where rank 0 evaluates; launch.py
-    shares these."""
+    """How devices are emulated (trainer/slowdown.py) and where rank 0 evaluates."""
     p.add_argument(
         "--emulation",
         choices=EMULATIONS,

@@ -22,7 +22,7 @@ import argparse
 import time
 from typing import ClassVar
 
-from trainer import argtypes
+import argtypes
 from trainer.state_client import (
     ProgressChannel,
     StateClient,

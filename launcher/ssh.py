@@ -13,8 +13,8 @@ Host file (``launch.py -H FILE``): one line per worker host,
 entry per slot (or one for all of them), each a ``--slowdowns`` entry: a factor, a schedule
 ``S0/S1@T1`` or a ``.csv`` trace (read on the worker's host, at the same path).
 
-A remote process is a local ``ssh -tt`` client (supervised by ``supervisor.Cluster`` like a local
-process, its output prefixed with the host and echoed) running
+A remote process is a local ``ssh -tt`` client (supervised by ``launcher.supervision.Cluster``
+like a local process, its output prefixed with the host and echoed) running
 
     exec /bin/sh -c 'mkdir -p D && echo $$ > D/<name>.pgid && cd ROOT || exit 125;
                      env VAR=... PY main.py ...; rc=$?; rm -f D/<name>.pgid; exit $rc'
@@ -39,9 +39,20 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from supervisor import PYTHON, ROOT, THREAD_VARS, Cluster, LaunchError, Proc, child_env, free_port
+from launcher.devices import SlowdownCountError, per_device
+from launcher.supervision import (
+    PYTHON,
+    ROOT,
+    THREAD_VARS,
+    WORKER_RANK_RE,
+    Cluster,
+    LaunchError,
+    Proc,
+    child_env,
+    free_port,
+)
 from trainer import layout
-from trainer.slowdown import Schedule, ScheduleError
+from trainer.slowdown import ScheduleError
 
 SSH = "ssh"
 SCP = "scp"
@@ -56,7 +67,6 @@ FORWARDED_PREFIXES = ("ESYNC_",)  # launcher variables every remote process gets
 PROBE_TIMEOUT_S = 60.0
 COPY_TIMEOUT_S = 600.0
 _HOST_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.@-]*$")  # IPv6 literals: use a ~/.ssh/config alias
-_RANK_RE = re.compile(r"\[worker (\d+)(?:/\d+)?\]")
 _VAR_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
 Runner = Callable[[list[str], float], subprocess.CompletedProcess]
@@ -81,11 +91,6 @@ class HostLine:
     slots: int = 1
     slowdowns: tuple[str, ...] = ()  # one per slot; empty: --slowdowns decides
     line: int = 0
-
-
-def check_slowdown(entry: str) -> None:
-    """ScheduleError unless ``entry`` is a factor, a schedule or a readable ``.csv`` trace."""
-    Schedule.from_trace(entry) if entry.endswith(".csv") else Schedule.parse(entry)
 
 
 def parse_hostfile(text: str, source: str = "hostfile") -> list[HostLine]:
@@ -134,16 +139,12 @@ def _line_slowdowns(text: str | None, slots: int) -> tuple[str, ...]:
     entries = [e.strip() for e in text.split(",")]
     if not all(entries):
         raise HostfileError(f"slowdown={text}: an empty entry")
-    if len(entries) == 1:
-        entries *= slots
-    if len(entries) != slots:
-        raise HostfileError(f"slowdown= has {len(entries)} entries for slots={slots}")
-    for entry in entries:
-        try:
-            check_slowdown(entry)
-        except ScheduleError as exc:
-            raise HostfileError(f"slowdown={text}: {exc}") from None
-    return tuple(entries)
+    try:
+        return tuple(per_device(entries, slots))
+    except SlowdownCountError as exc:
+        raise HostfileError(f"slowdown= has {exc.given} entries for slots={slots}") from None
+    except ScheduleError as exc:
+        raise HostfileError(f"slowdown={text}: {exc}") from None
 
 
 def assign_slowdowns(hosts: Sequence[HostLine], default: Sequence[str]) -> list[tuple[str, str]]:
@@ -231,7 +232,7 @@ class LinePrefix:
         self.rank: int | None = None
 
     def __call__(self, line: str) -> str:
-        match = _RANK_RE.search(line)
+        match = WORKER_RANK_RE.search(line)
         if match:
             self.rank = int(match.group(1))
         if match or self.rank is None:

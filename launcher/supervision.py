@@ -1,4 +1,4 @@
-"""Process supervision shared by launch.py, the benchmarks and the tests.
+"""Process supervision shared by the launcher, the benchmarks and the tests.
 
 One place for: the child-process environment, free ports, starting a process in its own
 session with its output in a log file (optionally also echoed, line by line, to this terminal),
@@ -33,7 +33,8 @@ THREAD_VARS = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
 STATE_SERVER_KINDS = ("runserver", "gunicorn")
 GUNICORN_THREADS = "64"  # StateServer/gunicorn.conf.py's default (ESYNC_THREADS)
 CLUSTER_VARS = ("DMLC_", "PS_", "ESYNC_")  # what a test's children must not inherit
-_RANK_RE = re.compile(r"\[worker (\d+)/")  # how a worker names its rank in its output
+# how a worker names its rank in its output: "[worker 3/4] ..." or "[worker 3] done ..."
+WORKER_RANK_RE = re.compile(r"\[worker (\d+)(?:/\d+)?\]")
 _ECHO_LOCK = threading.Lock()  # one echoed line at a time on this terminal
 
 
@@ -113,7 +114,7 @@ class Proc:
         tail = self.tail()
         rank = ""
         for line in tail.splitlines():
-            match = _RANK_RE.search(line)
+            match = WORKER_RANK_RE.search(line)
             if match:
                 rank = f" (rank {match.group(1)})"
         return (

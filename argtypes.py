@@ -1,6 +1,7 @@
-"""argparse ``type=`` checkers shared by every command line (main.py, launch.py, the strategies'
-own flags): each raises ``ArgumentTypeError`` with the rule and the value, which argparse
-prints next to the flag's name."""
+"""argparse ``type=`` functions shared by every command line of the tree (main.py, launch.py,
+``python -m data.fetch``, the strategies' own flags): each returns the converted value or
+raises ArgumentTypeError, whose message argparse prints after the flag's name, so the
+messages name the value given."""
 
 from __future__ import annotations
 
@@ -23,6 +24,7 @@ def non_negative_int(text: str) -> int:
 
 def non_negative_float(text: str) -> float:
     value = float(text)
+    # "not >=" also rejects NaN, which every comparison fails
     if not value >= 0.0 or value == float("inf"):
         raise argparse.ArgumentTypeError(f"must be a finite number >= 0, got {text}")
     return value
@@ -45,6 +47,19 @@ def port(text: str) -> int:
     value = int(text)
     if not 1 <= value <= 65535:
         raise argparse.ArgumentTypeError(f"port must be in 1..65535, got {value}")
+    return value
+
+
+def host_port(text: str) -> tuple[str, int]:
+    host, _, number = text.rpartition(":")
+    if not host or not number.isdigit() or not 1 <= int(number) <= 65535:
+        raise argparse.ArgumentTypeError(f"expected HOST:PORT, got {text!r}")
+    return host, int(number)
+
+
+def http_url(value: str) -> str:
+    if not value.startswith(("http://", "https://")):
+        raise argparse.ArgumentTypeError(f"not an http(s) URL: {value!r}")
     return value
 
 
