@@ -10,7 +10,7 @@ from trainer import layout
 from trainer.records import RecordTail
 
 
-class Progress:
+class EvaluationPrinter:
     """Prints rank 0's evaluation records as they appear (at most one line per ``every`` s).
 
     Rank 0's records are looked for in the folders of ``hosts`` (default: this machine); a

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import config
 from launcher import ssh
-from launcher.console import Progress
+from launcher.console import EvaluationPrinter
 from launcher.devices import slowdown_flags
 from launcher.supervision import (
     PYTHON,
@@ -46,7 +46,7 @@ def run_mode(opts: argparse.Namespace, plan: ssh.Plan, mode: str, forwarded: lis
     who = f"{opts.workers} workers, slowdowns {slowdowns}" if spec.distributed else "standalone"
     proc_dir = layout.process_dir(opts.log_dir, opts.network, run_dir)
     print(f"== {run_dir}: {who}; process logs in {proc_dir}", flush=True)
-    progress = Progress(str(mode_dir), run_dir, hosts=plan.hostnames())
+    progress = EvaluationPrinter(str(mode_dir), run_dir, hosts=plan.hostnames())
     started = time.monotonic()
     try:
         run_attempts(ModeRun(opts, plan, spec, progress), proc_dir, flags)
@@ -64,7 +64,7 @@ class ModeRun:
     opts: argparse.Namespace
     plan: ssh.Plan
     spec: registry.ModeSpec
-    progress: Progress
+    progress: EvaluationPrinter
 
 
 def run_attempts(run: ModeRun, proc_dir: Path, flags: list[str]) -> None:

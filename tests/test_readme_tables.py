@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from supervisor import ROOT
+from launcher.supervision import ROOT
 from trainer import registry
 from trainer.options import build_parser
 
