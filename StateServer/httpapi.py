@@ -222,7 +222,7 @@ def answer_message(
     late (the delayed ACK): meanwhile its thread leaves runserver's admission
     (``fastserver.Admission``), if there is one, so that others may go first.
     """
-    disp = dispatcher or get_dispatcher()
+    disp = get_dispatcher() if dispatcher is None else dispatcher
     hold = type(msg) is HoldMsg
     timeout = disp.hold_timeout if hold else DEFAULT_TIMEOUT_S
     try:

@@ -51,9 +51,20 @@ def _upstream_fields(request: HttpRequest) -> Mapping[str, object]:
     return fields
 
 
-def _answer(request: HttpRequest, route: str) -> HttpResponse:
-    """The answer of a worker-message route (``/msg/``: typed JSON; the others: upstream's
-    fields), in JSON."""
+# --- worker messages: the typed endpoint and the upstream routes ----------------------
+
+
+@csrf_exempt
+@api(("POST",), write=True)
+def message_view(request: HttpRequest, route: str) -> HttpResponse:
+    """``POST`` one worker message to ``route`` (urls.py names it); its response or ack out.
+
+    ``/msg/``: a typed JSON message; a ``hold`` may be answered late: the request thread
+    waits until the dispatcher answers it (the delayed ACK), at most ``hold_timeout`` s.
+    Upstream's routes, as a form or a JSON object: ``/init/`` (num_workers, epsilon) starts
+    a new run, ``/apply/`` (r, k, c, te) is the query (``{"ready": 1}``: synchronise),
+    ``/reset/`` (r, t, te): worker r starts round t.
+    """
     if route == "/msg/":
         msg = typed_message(request.body)
     else:
@@ -62,42 +73,7 @@ def _answer(request: HttpRequest, route: str) -> HttpResponse:
     return json_response(obj, status=status)
 
 
-# --- typed endpoint -------------------------------------------------------------------
-
-
-@csrf_exempt
-@api(("POST",), write=True)
-def msg_view(request: HttpRequest) -> HttpResponse:
-    """``POST /msg/``: one typed message in, its response or ack out.
-
-    A ``hold`` may be answered late: the request thread waits until the dispatcher answers
-    it (the delayed ACK), at most ``hold_timeout`` s.
-    """
-    return _answer(request, "/msg/")
-
-
-# --- upstream routes ------------------------------------------------------------------
-
-
-@csrf_exempt
-@api(("POST",), write=True)
-def init_view(request: HttpRequest) -> HttpResponse:
-    """``POST /init/`` (num_workers, epsilon): start a new run."""
-    return _answer(request, "/init/")
-
-
-@csrf_exempt
-@api(("POST",), write=True)
-def apply_view(request: HttpRequest) -> HttpResponse:
-    """``POST /apply/`` (r, k, c, te): the query; ``{"ready": 1}`` means synchronise."""
-    return _answer(request, "/apply/")
-
-
-@csrf_exempt
-@api(("POST",), write=True)
-def reset_view(request: HttpRequest) -> HttpResponse:
-    """``POST /reset/`` (r, t, te): worker r starts round t."""
-    return _answer(request, "/reset/")
+# --- state ----------------------------------------------------------------------------
 
 
 @csrf_exempt
@@ -105,9 +81,6 @@ def reset_view(request: HttpRequest) -> HttpResponse:
 def index_view(request: HttpRequest) -> HttpResponse:
     """``GET /``: num_workers, t, epsilon, records (as the original server)."""
     return json_response(get_dispatcher().submit(SnapshotMsg(view="upstream")))
-
-
-# --- status ---------------------------------------------------------------------------
 
 
 def _snapshot() -> dict[str, Any]:
