@@ -93,7 +93,7 @@ COMPARE_EVAL_INTERVAL_S = 0.5  # ... and time-based evaluation
 # --- reports --------------------------------------------------------------------------
 TARGET_ACCURACY = 0.9  # --target: accuracy of the time-to-accuracy comparisons
 
-# --- progress reports and the dashboard (StateServer/progress.py, trainer/progress.py) -----
+# --- progress reports and the dashboard (StateServer/dashboard/, trainer/progress.py) -----
 PROGRESS_MAX_POINTS = 240  # points kept per curve / sparkline (older ones averaged in pairs)
 PROGRESS_MAX_WORKERS = 256  # workers per run the dashboard tracks (a larger num_workers: 400)
 PROGRESS_MAX_RUNS = 8  # runs kept; the least recently updated one is forgotten first

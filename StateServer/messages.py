@@ -38,7 +38,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, fields
 from typing import Any
 
-MAX_BODY_BYTES = 64 * 1024  # larger request bodies are refused (HTTP 413)
+MAX_BODY_BYTES = 64 * 1024  # larger request bodies are refused (HTTP 413; see httpapi.py)
 MAX_NUM_WORKERS = 10_000
 MAX_INT = 2**53  # JSON-safe integer bound for rounds and iteration counters
 MAX_SECONDS = 1e6  # capability c and epsilon: more than 11 days per batch is absurd
@@ -48,7 +48,12 @@ ACKED = ("init", "reset", "report")  # the messages the server acknowledges
 
 
 class MessageError(ValueError):
-    """A message is malformed; the text says precisely what is wrong."""
+    """A message is malformed; the text says precisely what is wrong, and ``status`` is the
+    HTTP status to answer (400; 413 for a body too large)."""
+
+    def __init__(self, message: str, status: int = 400) -> None:
+        super().__init__(message)
+        self.status = status
 
 
 @dataclass(frozen=True, slots=True)
@@ -78,24 +83,28 @@ class ResetMsg:
 
 
 @dataclass(frozen=True, slots=True)
-class ReportMsg:
-    """Progress of worker ``rank``: ``k`` local iterations done, ``c`` s/batch, ``te`` end."""
+class _WorkerState:
+    """The fields of a report and a query: worker ``rank`` has done ``k`` local iterations at
+    ``c`` s/batch, the last one ending at Unix time ``te``. (Its subclasses are told apart by
+    their exact type, never by ``isinstance`` of this base.)"""
 
     rank: int
     k: int
     c: float
     te: float
+
+
+@dataclass(frozen=True, slots=True)
+class ReportMsg(_WorkerState):
+    """A worker's state (:class:`_WorkerState`); no answer wanted but an ack."""
+
     msg_type: str = "report"
 
 
 @dataclass(frozen=True, slots=True)
-class QueryMsg:
-    """Same progress fields as :class:`ReportMsg`; the worker asks for its next action."""
+class QueryMsg(_WorkerState):
+    """A worker's state (:class:`_WorkerState`); the worker asks for its next action."""
 
-    rank: int
-    k: int
-    c: float
-    te: float
     msg_type: str = "query"
 
 
@@ -380,10 +389,11 @@ def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     return out
 
 
-def decode_json(body: bytes) -> object:
-    """Decode a request body as strict JSON (UTF-8, no NaN/Infinity, no duplicate keys)."""
-    if len(body) > MAX_BODY_BYTES:
-        raise MessageError(f"body of {len(body)} bytes exceeds {MAX_BODY_BYTES} bytes")
+def decode_json(body: bytes, limit: int = MAX_BODY_BYTES) -> object:
+    """Decode a request body as strict JSON: at most ``limit`` bytes (else 413), UTF-8, no
+    NaN/Infinity, no duplicate keys. Every failure is a :class:`MessageError` saying why."""
+    if len(body) > limit:
+        raise MessageError(f"body of {len(body)} bytes exceeds {limit} bytes", status=413)
     if not body.strip():
         raise MessageError("body is empty; expected a JSON object")
     try:
@@ -395,9 +405,9 @@ def decode_json(body: bytes) -> object:
         raise MessageError("body is not valid JSON: nested too deeply") from None
     except json.JSONDecodeError as exc:
         raise MessageError(f"body is not valid JSON: {exc.msg} at char {exc.pos}") from None
+    except MessageError:
+        raise
     except ValueError as exc:  # e.g. an integer literal with too many digits
-        if isinstance(exc, MessageError):
-            raise
         raise MessageError(f"body is not valid JSON: {exc}") from None
 
 

@@ -21,19 +21,19 @@ import pytest
 import config
 from launcher.supervision import CLUSTER_VARS, Cluster, child_env, free_port, start_state_server
 from StateServer.dashboard import page, svg
-from StateServer.progress import (
+from StateServer.dashboard.reports import (
     FAILED,
     FINISHED,
     RUNNING,
     STALE,
     STARTING,
-    ProgressError,
-    ProgressStore,
+    ReportError,
     RunMsg,
-    Series,
     decode_body,
-    parse_progress,
+    parse_report,
 )
+from StateServer.dashboard.series import Series
+from StateServer.dashboard.store import DashboardStore
 from trainer.progress import ProgressReporter, progress_reporter, run_name
 from trainer.records import RunLog
 
@@ -103,8 +103,8 @@ def message(rank: int = 0, at: tuple[int, ...] = (1,), **over: object) -> dict:
     return msg
 
 
-def submit(store: ProgressStore, now: float = NOW, **fields: object) -> dict:
-    return store.submit(parse_progress(message(**fields)), now)
+def submit(store: DashboardStore, now: float = NOW, **fields: object) -> dict:
+    return store.submit(parse_report(message(**fields)), now)
 
 
 # --- bounded series ----------------------------------------------------------------------
@@ -142,7 +142,7 @@ def test_series_with_one_point_and_too_small() -> None:
 
 
 def test_store_keeps_every_series_bounded() -> None:
-    store = ProgressStore(max_points=20)
+    store = DashboardStore(max_points=20)
     for r in range(1, 1001):
         submit(store, now=NOW + r, at=(r,), records=[_rec(r, test_acc=0.5, test_loss=1.0)])
     snap = store.snapshot(None, NOW + 1001)
@@ -161,7 +161,7 @@ def _rec(rnd: int, **over: object) -> dict:
 
 
 def test_states_starting_running_stale_finished_and_a_new_run() -> None:
-    store = ProgressStore(stale_s=30)
+    store = DashboardStore(stale_s=30)
     ack = store.submit(RunMsg(run="lenet/esync", mode="esync", num_workers=2), NOW)
     assert ack == {"msg_type": "ack", "of": "run", "run": "lenet/esync", "state": STARTING}
     assert submit(store, rank=0)["state"] == RUNNING
@@ -184,31 +184,31 @@ def test_states_starting_running_stale_finished_and_a_new_run() -> None:
 
 
 def test_failed_by_a_worker_and_by_the_launcher() -> None:
-    store = ProgressStore()
+    store = DashboardStore()
     submit(store, rank=0)
     ack = submit(store, rank=1, state="failed", error="CUDA out of memory")
     assert ack["state"] == FAILED
     html = page.render_dashboard(store.snapshot(None, NOW))
     assert "FAILED" in html and "CUDA out of memory" in html
 
-    store = ProgressStore()
-    with pytest.raises(ProgressError) as info:
-        store.submit(parse_progress({"msg_type": "run", "failed": "boom"}), NOW)
+    store = DashboardStore()
+    with pytest.raises(ReportError) as info:
+        store.submit(parse_report({"msg_type": "run", "failed": "boom"}), NOW)
     assert info.value.status == 409
     submit(store, rank=0)
-    ack = store.submit(parse_progress({"msg_type": "run", "failed": "worker 1 died"}), NOW + 1)
+    ack = store.submit(parse_report({"msg_type": "run", "failed": "worker 1 died"}), NOW + 1)
     assert ack == {"msg_type": "ack", "of": "run", "run": "lenet/esync", "state": FAILED}
     snap = store.snapshot(None, NOW + 2)
     assert snap["failed"] == "worker 1 died" and "worker 1 died" in page.run_body(snap)
     # a run the launcher gives up on before any worker reported
-    store.submit(parse_progress({"msg_type": "run", "run": "x/sync", "failed": "no cluster"}), NOW)
+    store.submit(parse_report({"msg_type": "run", "run": "x/sync", "failed": "no cluster"}), NOW)
     assert store.snapshot("x/sync", NOW)["state"] == FAILED
 
 
 def test_a_run_of_another_size_while_running_is_409_unless_it_restarted() -> None:
-    store = ProgressStore()
+    store = DashboardStore()
     submit(store, rank=0)
-    with pytest.raises(ProgressError) as info:
+    with pytest.raises(ReportError) as info:
         submit(store, rank=0, num_workers=3)  # same worker, same start: contradiction
     assert info.value.status == 409 and "2 workers" in str(info.value)
     assert submit(store, rank=0, num_workers=3, started=NOW)["state"] == RUNNING  # a new run
@@ -216,7 +216,7 @@ def test_a_run_of_another_size_while_running_is_409_unless_it_restarted() -> Non
 
 
 def test_straggler_shares_rates_and_accuracy_from_rank_0() -> None:
-    store = ProgressStore()
+    store = DashboardStore()
     submit(store, rank=0, records=[_rec(4, test_acc=0.9, test_loss=0.3)])
     submit(store, rank=1, records=[_rec(4, local_iterations=1, compute_s=0.4, test_acc=0.1)])
     snap = store.snapshot(None, NOW)
@@ -233,7 +233,7 @@ def test_straggler_shares_rates_and_accuracy_from_rank_0() -> None:
 
 
 def test_on_time_per_worker_and_fidelity_per_run_from_overruns() -> None:
-    store = ProgressStore()
+    store = DashboardStore()
     submit(store, rank=0, records=[_rec(1, overruns=1), _rec(2, local_iterations=5, overruns=0)])
     submit(store, rank=0, records=[_rec(3, local_iterations=2, overruns=1)])  # sums go on
     submit(
@@ -245,14 +245,14 @@ def test_on_time_per_worker_and_fidelity_per_run_from_overruns() -> None:
     assert w1["on_time"] == 0.0  # its one timed batch overran; the untimed record is not counted
     assert snap["fidelity"] == pytest.approx(1 - (2 + 1) / (10 + 1), rel=1e-5)
     json.dumps(snap, allow_nan=False)
-    store = ProgressStore()  # no device emulation: no record carries overruns
+    store = DashboardStore()  # no device emulation: no record carries overruns
     submit(store, rank=0)
     snap = store.snapshot(None, NOW)
     assert snap["fidelity"] is None and snap["workers"][0]["on_time"] is None
 
 
 def test_accuracy_and_loss_are_plotted_at_the_evaluated_rounds_time() -> None:
-    store = ProgressStore()
+    store = DashboardStore()
     submit(store, rank=0, records=[_rec(10, test_acc=0.9, test_loss=0.3, eval_time=4.25)])
     snap = store.snapshot(None, NOW)
     assert snap["workers"][0]["time"] == 5.0  # the record's own time is still the worker's
@@ -262,7 +262,7 @@ def test_accuracy_and_loss_are_plotted_at_the_evaluated_rounds_time() -> None:
 
 
 def test_no_straggler_with_one_worker_and_ties_pick_the_lowest_rank() -> None:
-    store = ProgressStore()
+    store = DashboardStore()
     submit(store, rank=0)
     assert store.snapshot(None, NOW)["straggler"] is None
     submit(store, rank=1)
@@ -270,21 +270,21 @@ def test_no_straggler_with_one_worker_and_ties_pick_the_lowest_rank() -> None:
 
 
 def test_eta_from_max_time_and_from_rounds() -> None:
-    store = ProgressStore()
+    store = DashboardStore()
     submit(store, rank=0, at=(10,), max_time=60.0)  # record time 5 s
     assert store.snapshot(None, NOW)["eta_s"] == pytest.approx(55.0)
     assert store.snapshot(None, NOW + 2)["eta_s"] == pytest.approx(53.0)
-    store = ProgressStore()
+    store = DashboardStore()
     submit(store, rank=0, at=(10,), rounds=100)
     totals_s = 5.0  # 10 rounds in 5 s of timers: 2 rounds/s, 90 to go
     assert store.snapshot(None, NOW)["eta_s"] == pytest.approx(90 / (10 / totals_s))
-    store = ProgressStore()
+    store = DashboardStore()
     submit(store, rank=0, at=(10,))
     assert store.snapshot(None, NOW)["eta_s"] is None
 
 
 def test_runs_are_bounded_and_selectable() -> None:
-    store = ProgressStore(max_runs=2)
+    store = DashboardStore(max_runs=2)
     for name in ("a/esync", "b/sync", "c/async"):
         submit(store, run=name)
     assert store.run_ids() == ["c/async", "b/sync"]
@@ -292,7 +292,7 @@ def test_runs_are_bounded_and_selectable() -> None:
     with pytest.raises(KeyError):
         store.snapshot("a/esync", NOW)
     assert [r["run"] for r in store.snapshot(None, NOW)["runs"]] == ["c/async", "b/sync"]
-    assert ProgressStore().snapshot(None, NOW) == {"run": None, "server_time": NOW, "runs": []}
+    assert DashboardStore().snapshot(None, NOW) == {"run": None, "server_time": NOW, "runs": []}
 
 
 # --- message validation ------------------------------------------------------------------
@@ -377,17 +377,17 @@ MALFORMED = [  # (id, body, status, a fragment of the error)
 def test_malformed_messages_are_refused_with_a_precise_error(
     body: bytes, status: int, fragment: str
 ) -> None:
-    with pytest.raises(ProgressError) as info:
-        parse_progress(decode_body(body))
+    with pytest.raises(ReportError) as info:
+        parse_report(decode_body(body))
     assert info.value.status == status
     assert fragment in str(info.value)
 
 
 def test_random_mutations_raise_only_progress_errors() -> None:
-    """Never a 500: any field replaced by any JSON value is a ProgressError or accepted."""
+    """Never a 500: any field replaced by any JSON value is a ReportError or accepted."""
     rng = random.Random(7)
     values = [None, True, 0, -1, 2**60, 1e300, -0.5, "", "x" * 2000, [], {}, [{}], {"a": 1}]
-    store = ProgressStore()
+    store = DashboardStore()
     paths = ["msg_type", "run", "mode", "num_workers", "rank", "host", "device", "started"]
     paths += ["state", "error", "slowdown", "epsilon", "rounds", "max_time", "dropped"]
     paths += ["totals", "totals.rounds", "totals.eval_s", "records", "records.0"]
@@ -396,8 +396,8 @@ def test_random_mutations_raise_only_progress_errors() -> None:
     for _ in range(3000):
         body = _with(rng.choice(paths), rng.choice(values))
         try:
-            store.submit(parse_progress(decode_body(body)), NOW)
-        except ProgressError as exc:
+            store.submit(parse_report(decode_body(body)), NOW)
+        except ReportError as exc:
             assert 400 <= exc.status < 500
     json.dumps(store.snapshot(None, NOW + 100), allow_nan=False)
     page.render_dashboard(store.snapshot(None, NOW + 100))
@@ -409,7 +409,7 @@ EVIL = "<script>alert('x')</script>&\""
 
 
 def test_everything_a_worker_sends_is_escaped() -> None:
-    store = ProgressStore()
+    store = DashboardStore()
     submit(store, run=f"run{EVIL}", host=f"h{EVIL}", device=f"d{EVIL}", mode=f"m{EVIL}")
     submit(store, run="other/<b>", rank=1, state="failed", error=f"e{EVIL}")
     html = page.render_dashboard(store.snapshot(f"run{EVIL}", NOW))
@@ -421,11 +421,11 @@ def test_everything_a_worker_sends_is_escaped() -> None:
 
 
 def test_page_of_an_empty_store_and_of_a_run_without_workers() -> None:
-    html = page.render_dashboard(ProgressStore().snapshot(None, NOW))
+    html = page.render_dashboard(DashboardStore().snapshot(None, NOW))
     assert "No run has reported progress yet" in html
     assert '<meta http-equiv="refresh" content="2">' in html
     assert "http-equiv" not in page.render_dashboard({"run": None, "runs": []}, refresh_s=0)
-    store = ProgressStore()
+    store = DashboardStore()
     store.submit(RunMsg(run="lenet/sync", mode="sync", num_workers=4, max_time=30.0), NOW)
     html = page.render_dashboard(store.snapshot(None, NOW))
     assert "STARTING" in html and "no worker has reported yet" in html
@@ -433,7 +433,7 @@ def test_page_of_an_empty_store_and_of_a_run_without_workers() -> None:
 
 
 def test_page_of_a_running_run() -> None:
-    store = ProgressStore()
+    store = DashboardStore()
     submit(store, rank=0, slowdown=1.0, epsilon=0.005, records=[_rec(2, test_acc=0.8)])
     submit(store, rank=1, slowdown=4.0, records=[_rec(2, compute_s=1.2)])
     html = page.render_dashboard(store.snapshot(None, NOW))
@@ -446,7 +446,7 @@ def test_page_of_a_running_run() -> None:
 
 
 def test_page_shows_each_workers_on_time_share_and_the_runs_fidelity() -> None:
-    store = ProgressStore()
+    store = DashboardStore()
     submit(store, rank=0, records=[_rec(1, local_iterations=8, overruns=1)])  # 7 of 8 on time
     submit(store, rank=1, records=[_rec(1)])  # reports no overruns
     html = page.render_dashboard(store.snapshot(None, NOW))
@@ -455,7 +455,7 @@ def test_page_shows_each_workers_on_time_share_and_the_runs_fidelity() -> None:
     assert '<td class="on-time">-</td>' in rows["1"]
     assert ">on time</abbr>" in html
     assert ">fidelity</abbr></dt><dd>87.5% of batches on time</dd>" in html
-    store = ProgressStore()
+    store = DashboardStore()
     submit(store, rank=0)
     html = page.render_dashboard(store.snapshot(None, NOW))
     assert "fidelity" not in html and '<td class="on-time">-</td>' in html
@@ -560,7 +560,7 @@ def test_reporter_batches_rounds_and_sends_the_final_state(fake: FakeServer) -> 
         rep.report(record(r, test_acc=0.5, test_loss=float("nan")) if r % 10 == 0 else record(r))
     rep.finish(True)
     assert rep.sent == 120 and rep.dropped == 0
-    msgs = [parse_progress(body) for body in fake.bodies]  # the server's own parser
+    msgs = [parse_report(body) for body in fake.bodies]  # the server's own parser
     assert len(msgs) < 120 and all(len(m.records) <= config.PROGRESS_MAX_RECORDS for m in msgs)
     assert [rec.round for m in msgs for rec in m.records] == list(range(1, 121))
     last = msgs[-1]
@@ -579,7 +579,7 @@ def test_reporter_forwards_overruns_and_eval_time(fake: FakeServer) -> None:
     rep.report(record(1, overruns=2))
     rep.report(record(2, overruns=0, test_acc=0.5, eval_time=0.5))
     rep.finish(True)
-    recs = [rec for body in fake.bodies for rec in parse_progress(body).records]
+    recs = [rec for body in fake.bodies for rec in parse_report(body).records]
     assert [(r.overruns, r.eval_time) for r in recs] == [(2, None), (0, 0.5)]
 
 

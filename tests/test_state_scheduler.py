@@ -674,10 +674,12 @@ def test_a_plain_init_is_sent_as_upstream_sends_it() -> None:
 
 
 def test_core_does_not_import_django() -> None:
+    """No Django in the core, nor in the dashboard's logic (the trainers import its format)."""
     code = (
         "import sys\n"
         "import StateServer.dispatcher, StateServer.messages, StateServer.router\n"
         "import StateServer.scheduler, StateServer.state\n"
+        "import StateServer.dashboard.reports, StateServer.dashboard.store, trainer.progress\n"
         "assert not [m for m in sys.modules if m.split('.')[0] == 'django'], 'django'\n"
     )
     root = Path(__file__).resolve().parent.parent

@@ -6,7 +6,7 @@ report is dropped and counted) and returns; a daemon thread posts what piled up,
 ``config.PROGRESS_MIN_INTERVAL_S`` and at most ``config.PROGRESS_MAX_RECORDS`` rounds per
 message, over its own keep-alive ``http.client`` connection. A server that is down or slow
 is retried quietly with backoff (connection errors, 5xx); a 4xx answer drops that message
-(counted in ``rejected``). The message format is ``StateServer/progress.py``'s.
+(counted in ``rejected``). The message format is ``StateServer/dashboard/reports.py``'s.
 
 :meth:`~ProgressReporter.finish` sends the last message (state ``finished`` or ``failed``)
 and waits at most ``config.PROGRESS_CLOSE_TIMEOUT_S`` for it; a process that exits without
@@ -28,7 +28,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import config
-from StateServer.progress import RECORD_FIELDS, TIMERS
+from StateServer.dashboard.reports import RECORD_FIELDS, TIMERS
 from trainer import layout, registry
 
 __all__ = ["ProgressReporter", "progress_reporter"]

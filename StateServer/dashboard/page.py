@@ -1,4 +1,4 @@
-"""The dashboard's HTML, built by plain functions from a snapshot of ``ProgressStore``.
+"""The dashboard's HTML, built by plain functions from a snapshot of ``DashboardStore``.
 
 No template engine and no JavaScript: the page is one escaped HTML document with inline SVG
 (:mod:`StateServer.dashboard.svg`) that reloads itself with a meta refresh. Everything a
@@ -14,7 +14,7 @@ from urllib.parse import quote
 
 import config
 
-from ..progress import FAILED, FINISHED, RUNNING, SHARES, STALE, STARTING
+from .reports import FAILED, FINISHED, RUNNING, SHARES, STALE, STARTING
 from .svg import line_chart, sparkline, stacked_bar
 
 Snapshot = Mapping[str, Any]
@@ -137,7 +137,7 @@ def badge(state: str) -> str:
 
 
 def render_dashboard(snap: Snapshot, refresh_s: int = config.DASHBOARD_REFRESH_S) -> str:
-    """The whole self-refreshing page for a snapshot (``ProgressStore.snapshot``)."""
+    """The whole self-refreshing page for a snapshot (``DashboardStore.snapshot``)."""
     if snap.get("run") is None:
         title = "ESync dashboard"
         body = (

@@ -19,6 +19,7 @@ import contextlib
 import email.utils
 import io
 import json
+import os
 import platform
 import re
 import select
@@ -31,8 +32,9 @@ from typing import Any
 
 from django.core.servers.basehttp import ServerHandler, WSGIRequestHandler, WSGIServer
 
+from ..httpapi import STATUS_LINES, json_headers
 from ..messages import MAX_BODY_BYTES
-from .fastpath import STATUS_LINES, fast_answer, response_headers
+from .fastpath import fast_answer
 
 WRITE_BUFFER = 16 * 1024  # an API response fits easily: one send() per response
 MAX_REQUEST_LINE = 65536
@@ -365,7 +367,7 @@ class FastRequestHandler(WSGIRequestHandler):
         self.requestline = f"POST {path} HTTP/1.1"
         self.close_connection = headers.get("connection", "").lower() == "close"
         head = [f"HTTP/1.1 {STATUS_LINES[status]}", f"Date: {_http_date()}", SERVER_HEADER]
-        head += [f"{name}: {value}" for name, value in response_headers(data)]
+        head += [f"{name}: {value}" for name, value in json_headers(data)]
         self.wfile.write(("\r\n".join(head) + "\r\n\r\n").encode("latin-1") + data)
         self.log_request(status, len(data))
         return True
@@ -433,8 +435,6 @@ class FastWSGIServer(WSGIServer):
         super().__init__(server_address, FastRequestHandler, *args, **kwargs)
         self._open: set[int] = set()
         self._open_lock = threading.Lock()
-        import os
-
         self.admission = Admission(int(os.environ.get("ESYNC_ADMIT", self.admitted)))
 
     def verify_request(self, request: Any, client_address: Any) -> bool:

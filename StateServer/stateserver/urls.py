@@ -5,10 +5,10 @@ from django.urls import re_path
 from . import views
 
 urlpatterns = [
-    re_path(r"^msg/?$", views.msg_view, name="msg"),
-    re_path(r"^init/?$", views.init_view, name="init"),
-    re_path(r"^apply/?$", views.apply_view, name="apply"),
-    re_path(r"^reset/?$", views.reset_view, name="reset"),
+    re_path(r"^msg/?$", views.message_view, {"route": "/msg/"}, name="msg"),
+    re_path(r"^init/?$", views.message_view, {"route": "/init/"}, name="init"),
+    re_path(r"^apply/?$", views.message_view, {"route": "/apply/"}, name="apply"),
+    re_path(r"^reset/?$", views.message_view, {"route": "/reset/"}, name="reset"),
     re_path(r"^$", views.index_view, name="index"),
     re_path(r"^status\.json$", views.status_json_view, name="status-json"),
     re_path(r"^status/?$", views.status_view, name="status"),
