@@ -16,6 +16,7 @@ the package ``StateServer.stateserver``.
 """
 
 import os
+import sys
 
 wsgi_app = "StateServer.stateserver.wsgi:application"
 chdir = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -38,3 +39,20 @@ accesslog = "-" if os.environ.get("ESYNC_ACCESS_LOG") == "1" else None
 errorlog = "-"
 loglevel = "warning"
 proc_name = "esync-state-server"
+
+
+def on_starting(server) -> None:  # noqa: ANN001 (gunicorn's Arbiter)
+    """Refuse an exposed bind without a token (StateServer/security.py); hand the bound
+    addresses to the worker's settings (``ALLOWED_HOSTS``) through ``ESYNC_BIND``."""
+    sys.path.insert(0, chdir)
+    from StateServer import security
+
+    binds = ",".join(str(b) for b in server.cfg.bind)
+    for host in security.bind_hosts(binds):
+        problem = security.exposure_error(
+            host, os.environ.get("ESYNC_TOKEN"), security.insecure_from_env(), "ESYNC_INSECURE=1"
+        )
+        if problem:
+            print(f"gunicorn: {problem}", file=sys.stderr, flush=True)
+            sys.exit(2)
+    os.environ["ESYNC_BIND"] = binds

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import secrets
 import signal
 import socket
 import subprocess
@@ -33,6 +34,7 @@ THREAD_VARS = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
 STATE_SERVER_KINDS = ("runserver", "gunicorn")
 GUNICORN_THREADS = "64"  # StateServer/gunicorn.conf.py's default (ESYNC_THREADS)
 CLUSTER_VARS = ("DMLC_", "PS_", "ESYNC_")  # what a test's children must not inherit
+TOKEN_VAR = "ESYNC_TOKEN"  # the run's secret: environment or a 0600 file only, never argv
 # how a worker names its rank in its output: "[worker 3/4] ..." or "[worker 3] done ..."
 WORKER_RANK_RE = re.compile(r"\[worker (\d+)(?:/\d+)?\]")
 _ECHO_LOCK = threading.Lock()  # one echoed line at a time on this terminal
@@ -47,6 +49,16 @@ def free_port(host: str = "127.0.0.1") -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind((host, 0))
         return sock.getsockname()[1]
+
+
+def run_token() -> str:
+    """The run's State Server token: the caller's ``ESYNC_TOKEN``, else a new random one, set
+    in this process's environment so that every child gets it from :func:`child_env` (and
+    every ssh host from a 0600 file, launcher/ssh.py): never on a command line, where ``ps``
+    shows it to every user of the host."""
+    token = os.environ.get(TOKEN_VAR) or secrets.token_urlsafe(32)
+    os.environ[TOKEN_VAR] = token
+    return token
 
 
 def child_env(

@@ -9,7 +9,6 @@ views only adapt Django's request and response.
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
 from typing import Any
 
 from django.http import HttpRequest, HttpResponse
@@ -24,31 +23,12 @@ from ..httpapi import (
     typed_message,
     upstream_message,
 )
-from ..messages import MessageError
 from ..router import SnapshotMsg
 from .service import get_dispatcher
 from .status_page import render_status_html
 
 log = logging.getLogger(__name__)
 READ_METHODS = ("GET", "HEAD")
-
-
-def _upstream_fields(request: HttpRequest) -> Mapping[str, object]:
-    """Fields of an upstream route: a JSON object, or a form (urlencoded or multipart)."""
-    if request.content_type == "application/json":
-        return json_fields(request.body)
-    try:
-        form, files = request.POST, request.FILES
-    except Exception as exc:  # Django raises several types for broken form bodies
-        raise MessageError(f"malformed form body: {exc}") from None
-    if files:
-        raise MessageError("file uploads are not accepted")
-    fields: dict[str, object] = {}
-    for key, values in form.lists():
-        if len(values) != 1:
-            raise MessageError(f"field {key!r} given {len(values)} times")
-        fields[key] = values[0]
-    return fields
 
 
 # --- worker messages: the typed endpoint and the upstream routes ----------------------
@@ -61,14 +41,15 @@ def message_view(request: HttpRequest, route: str) -> HttpResponse:
 
     ``/msg/``: a typed JSON message; a ``hold`` may be answered late: the request thread
     waits until the dispatcher answers it (the delayed ACK), at most ``hold_timeout`` s.
-    Upstream's routes, as a form or a JSON object: ``/init/`` (num_workers, epsilon) starts
+    Upstream's routes, as a JSON object (upstream's form posts are refused, 415: a web page
+    could send them to any address, docs/security.md): ``/init/`` (num_workers, epsilon) starts
     a new run, ``/apply/`` (r, k, c, te) is the query (``{"ready": 1}``: synchronise),
     ``/reset/`` (r, t, te): worker r starts round t.
     """
     if route == "/msg/":
         msg = typed_message(request.body)
     else:
-        msg = upstream_message(route, _upstream_fields(request))
+        msg = upstream_message(route, json_fields(request.body))
     status, obj = answer(route, msg, request.META.get("esync.admission"))
     return json_response(obj, status=status)
 
