@@ -465,7 +465,8 @@ def test_answer_message_and_the_fast_path_refuse_with_a_json_4xx(
     before = _status_json(disp)
     body = json.dumps(obj).encode()
     # the fast paths (runserver's raw socket server and the WSGI middleware both call this)
-    fast = httpapi.fast_answer({"host": "127.0.0.1"}.get, body, None, "/msg/", None, in_thread)
+    header = {"host": "127.0.0.1", "content-type": "application/json"}.get
+    fast = httpapi.fast_answer(header, body, None, "/msg/", None, in_thread)
     try:
         msg = parse_message(obj)
     except MessageError as exc:  # malformed: the fast path leaves it to Django (a 400)
@@ -485,7 +486,9 @@ def test_the_django_view_refuses_with_a_json_4xx(
     disp: Dispatcher, label: str, obj: dict[str, object], status: int, says: str
 ) -> None:
     before = _status_json(disp)
-    request = RequestFactory().post("/msg/", json.dumps(obj), content_type="application/json")
+    request = RequestFactory().post(
+        "/msg/", json.dumps(obj), content_type="application/json", HTTP_HOST="127.0.0.1"
+    )
     with override_settings(ESYNC_TOKEN=None):
         resp = views.message_view(request, route="/msg/")
     assert resp.status_code == status, (label, resp.content)
@@ -495,7 +498,7 @@ def test_the_django_view_refuses_with_a_json_4xx(
 
 
 @pytest.mark.parametrize(
-    ("route", "form", "says"),
+    ("route", "fields", "says"),
     [
         ("/init/", {"num_workers": "10000", "epsilon": "0"}, "10000"),
         ("/init/", {"num_workers": "3", "epsilon": "0", "rejoin": "1"}, "rejoin refused"),
@@ -504,10 +507,13 @@ def test_the_django_view_refuses_with_a_json_4xx(
     ],
 )
 def test_the_upstream_routes_refuse_with_a_json_409(
-    disp: Dispatcher, route: str, form: dict[str, str], says: str
+    disp: Dispatcher, route: str, fields: dict[str, str], says: str
 ) -> None:
+    """Upstream's routes (JSON; numeric strings allowed) go to Django's view only."""
     before = _status_json(disp)
-    request = RequestFactory().post(route, form)
+    request = RequestFactory().post(
+        route, json.dumps(fields), content_type="application/json", HTTP_HOST="127.0.0.1"
+    )
     with override_settings(ESYNC_TOKEN=None):
         resp = views.message_view(request, route=route)
     assert resp.status_code == 409, resp.content
