@@ -28,6 +28,7 @@ from launcher.supervision import (
     LaunchError,
     start_state_server,
     state_server_cmd,
+    state_server_env,
 )
 from StateServer import security
 from trainer import layout, registry
@@ -205,7 +206,7 @@ def state_server(opts: argparse.Namespace, plan: ssh.Plan, cluster: Cluster) -> 
     # workers retry it for --state-retry seconds
     (free,) = where.free_ports(1, plan.advertise)
     cmd = state_server_cmd(opts.state_server, plan.advertise, free, opts.workers)
-    where.start(cluster, "state-server", "state-server", cmd, {})
+    where.start(cluster, "state-server", "state-server", cmd, state_server_env(opts.workers))
     return plan.advertise, str(free)
 
 

@@ -12,6 +12,12 @@ Environment variables (all optional):
   ``Authorization: Bearer <token>``) and on reads from other machines; launch.py makes one
   per run. Without it a server bound to a non-loopback address does not start, unless
   ``ESYNC_INSECURE=1`` (or runserver's ``--insecure``).
+* ``ESYNC_CLUSTER_SIZE``: the run's number of workers (launch.py sets it for the State Server
+  it starts). An init or rejoin of another ``num_workers`` is refused with HTTP 409. Unset (a
+  hand-started server): any size may start a run, but a plain init of another size than a
+  run in progress is refused with 409 (``StateServer.scheduler.Bounds``;
+  docs/state-server.md, "Semantic bounds"). Anything but an integer in [1, 10000] stops the
+  server at start.
 * ``ESYNC_HTTPS=1``: served behind a TLS-terminating proxy that sets
   ``X-Forwarded-Proto: https``: turns on HSTS, the HTTPS redirect and secure cookies.
 * ``ESYNC_ACCESS_LOG=1``: log every request (runserver); default logs only 4xx/5xx.
@@ -22,7 +28,10 @@ from __future__ import annotations
 import os
 import secrets
 
+from django.core.exceptions import ImproperlyConfigured
+
 from ..messages import MAX_BODY_BYTES
+from ..scheduler import CLUSTER_SIZE_VAR, parse_cluster_size
 from ..security import allowed_hosts, bind_hosts
 
 
@@ -39,6 +48,10 @@ ALLOWED_HOSTS = [h for h in _EXPLICIT_HOSTS if h] or [
     for name in allowed_hosts(host)
 ]
 ESYNC_TOKEN = os.environ.get("ESYNC_TOKEN") or None
+try:
+    ESYNC_CLUSTER_SIZE = parse_cluster_size(os.environ.get(CLUSTER_SIZE_VAR))
+except ValueError as exc:
+    raise ImproperlyConfigured(str(exc)) from None
 
 INSTALLED_APPS = ["StateServer.stateserver", "StateServer.dashboard"]  # 1st overrides runserver
 MIDDLEWARE = [
