@@ -92,6 +92,11 @@ PROBES = {
         json.dumps(INIT).encode(),
         good(Origin="http://evil.example"),
     ),
+    "fake hold without the token": (
+        "/msg/",
+        json.dumps({"msg_type": "hold", "rank": 0, "t": 1, "k": 0, "c": 0.0, "te": 1.0}).encode(),
+        {"Content-Type": "application/json"},
+    ),
     "rebound host name": ("/msg/", json.dumps(INIT).encode(), good(Host="evil.example")),
 }
 
@@ -99,7 +104,12 @@ PROBES = {
 @pytest.mark.parametrize("probe", PROBES)
 def test_a_refused_write_is_a_4xx_and_changes_nothing(server: Server, probe: str) -> None:
     path, body, headers = PROBES[probe]
+    status, _ = server.request("POST", "/msg/", json.dumps(INIT).encode(), good())
+    assert status == 200  # a run in progress: the probe would change it
+    reset = {"msg_type": "reset", "rank": 0, "t": 1, "te": 1.0}
+    assert server.request("POST", "/msg/", json.dumps(reset).encode(), good())[0] == 200
     before = server.state()
+    assert before["num_workers"] == 4
     status, answer = server.request("POST", path, body, headers)
     assert 400 <= status < 500 and "error" in answer, (probe, status, answer)
     assert server.state() == before, probe
