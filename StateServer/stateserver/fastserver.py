@@ -32,7 +32,6 @@ import logging
 import os
 import platform
 import re
-import resource
 import select
 import socket
 import threading
@@ -43,16 +42,19 @@ from typing import Any
 
 from django.core.servers.basehttp import ServerHandler, WSGIRequestHandler, WSGIServer
 
-import config
-
 from ..httpapi import STATUS_LINES, json_headers
+from ..limits import (
+    IDLE_TIMEOUT_S,
+    REFUSAL_LOG_EVERY_S,
+    REQUEST_TIMEOUT_S,
+    max_per_client,
+    raise_fd_limit,
+)
 from ..messages import MAX_BODY_BYTES
 from .fastpath import fast_answer
 
 WRITE_BUFFER = 16 * 1024  # an API response fits easily: one send() per response
 MAX_REQUEST_LINE = 65536
-REQUEST_TIMEOUT_S = config.STATE_SERVER_REQUEST_TIMEOUT_S  # to read a request, from its start
-IDLE_TIMEOUT_S = config.STATE_SERVER_IDLE_TIMEOUT_S  # between requests (the client reconnects)
 READ_REQUESTS = (b"GET ", b"HEAD ")  # reads: they let the waiting messages go first
 LINGER_S = 1.0  # after refusing a body: how long, and how much of it, to read and discard
 LINGER_BYTES = 4 * 1024 * 1024
@@ -94,27 +96,6 @@ def _plain_headers(block: bytes) -> dict[str, str] | None:
             return None
         headers[key] = text.decode("ascii")
     return headers
-
-
-def max_per_client() -> int:
-    """The per-address connection cap: ``ESYNC_MAX_CONNECTIONS_PER_CLIENT``, else config's."""
-    raw = os.environ.get("ESYNC_MAX_CONNECTIONS_PER_CLIENT", "").strip()
-    return int(raw) if raw else config.STATE_SERVER_MAX_CONNECTIONS_PER_CLIENT
-
-
-def raise_fd_limit(wanted: int) -> int:
-    """Raise this process's soft limit of open files towards ``wanted`` (at most the hard
-    limit); returns the soft limit in force. A server at its limit cannot accept (and
-    socketserver's loop would spin on the listening socket)."""
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    target = wanted if hard == resource.RLIM_INFINITY else min(wanted, hard)
-    if soft != resource.RLIM_INFINITY and soft < target:
-        try:
-            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
-            soft = target
-        except (ValueError, OSError):
-            pass
-    return soft
 
 
 class _DeadlineReader(io.RawIOBase):
@@ -602,7 +583,7 @@ class FastWSGIServer(WSGIServer):
     def _log_refusal(self, host: object) -> None:
         """One line every 10 s at most (a flood of refusals does not flood the log)."""
         now = time.monotonic()
-        if now - self._refused_logged >= 10.0:
+        if now - self._refused_logged >= REFUSAL_LOG_EVERY_S:
             self._refused_logged = now
             log.warning(
                 "refused connections from %s: %d open, the cap per client address "
