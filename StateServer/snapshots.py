@@ -41,6 +41,7 @@ class StateSnapshot(NamedTuple):
     taken: float
     initialized: bool
     recovering: bool
+    cluster_size: int | None  # the served scheduler's bound (ESYNC_CLUSTER_SIZE), or None
     num_workers: int
     epsilon: float
     round: int
@@ -83,6 +84,7 @@ class StateSnapshot(NamedTuple):
         return {
             "initialized": self.initialized,
             "recovering": self.recovering,
+            "cluster_size": self.cluster_size,
             "num_workers": self.num_workers,
             "epsilon": self.epsilon,
             "round": self.round,
@@ -141,11 +143,13 @@ class Publisher:
             rows = tuple(changed)
         self._db, self._round = db, db.round
         slowest = sched.slowest() if db.initialized else None
+        bounds = getattr(sched, "bounds", None)
         return StateSnapshot(
             version=version,
             taken=now,
             initialized=db.initialized,
             recovering=db.recovering,
+            cluster_size=bounds.cluster_size if bounds is not None else None,
             num_workers=n,
             epsilon=db.epsilon,
             round=db.round,

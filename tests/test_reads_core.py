@@ -182,7 +182,7 @@ def stuck() -> Iterator[tuple[Dispatcher, threading.Event]]:
 
 
 def _get(view: Any, path: str) -> tuple[int, bytes, float]:
-    request = RequestFactory().get(path)
+    request = RequestFactory().get(path, HTTP_HOST="localhost")
     start = time.perf_counter()
     resp = view(request)
     return resp.status_code, resp.content, time.perf_counter() - start
