@@ -1,6 +1,9 @@
 """Receiver / sender: thin Django views that parse, queue, and serialise.
 
-All state changes go through the dispatcher. Every error is a JSON ``{"error": "..."}``. The
+All state changes go through the dispatcher; the reads (``GET /``, ``/status.json``,
+``/status/``) do not: they are served from the copy of the state the dispatcher publishes
+after every change (``Dispatcher.snapshot``, ``StateServer/snapshots.py``), so a flood of
+reads never queues in front of a worker's message. Every error is a JSON ``{"error": "..."}``. The
 checks, the decoding and the answers are ``StateServer/httpapi.py`` (shared with the fast
 path, which answers most well-formed ``/msg/`` requests before Django, the same way); these
 views only adapt Django's request and response.
@@ -23,7 +26,6 @@ from ..httpapi import (
     typed_message,
     upstream_message,
 )
-from ..router import SnapshotMsg
 from .service import get_dispatcher
 from .status_page import render_status_html
 
@@ -61,12 +63,13 @@ def message_view(request: HttpRequest, route: str) -> HttpResponse:
 @api(READ_METHODS)
 def index_view(request: HttpRequest) -> HttpResponse:
     """``GET /``: num_workers, t, epsilon, records (as the original server)."""
-    return json_response(get_dispatcher().submit(SnapshotMsg(view="upstream")))
+    return json_response(get_dispatcher().snapshot().upstream())
 
 
 def _snapshot() -> dict[str, Any]:
+    """The status data: the published state at this moment, never through the queue."""
     disp = get_dispatcher()
-    snap = disp.submit(SnapshotMsg(view="status"))
+    snap = disp.snapshot().status(disp.now())
     snap["queue_depth"] = disp.depth()
     snap["held"] = disp.held()
     return snap

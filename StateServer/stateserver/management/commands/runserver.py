@@ -3,8 +3,8 @@ the State Server's exposure rules (StateServer/security.py): bound to an address
 machines reach, it needs ``ESYNC_TOKEN`` or ``--insecure``; ``ALLOWED_HOSTS`` follows the
 bound address unless ``ESYNC_ALLOWED_HOSTS`` sets it.
 
-``ESYNC_PLAIN_RUNSERVER=1`` selects Django's own server class instead (for the benchmark's
-before/after comparison only).
+``ESYNC_PLAIN_RUNSERVER=1`` selects Django's own server and request handler instead (for the
+benchmark's before/after comparison only), with a socket time-out (fastserver.PlainWSGIServer).
 """
 
 import os
@@ -13,16 +13,17 @@ from typing import Any
 from django.conf import settings
 from django.core.management.base import CommandError, CommandParser
 from django.core.management.commands.runserver import Command as DjangoRunserver
-from django.core.servers.basehttp import WSGIServer
 
 from .... import security
-from ...fastserver import FastWSGIServer
+from ...fastserver import FastWSGIServer, PlainWSGIServer
 
 
 class Command(DjangoRunserver):
     """Django's runserver, serving through :class:`FastWSGIServer`."""
 
-    server_cls = WSGIServer if os.environ.get("ESYNC_PLAIN_RUNSERVER") == "1" else FastWSGIServer
+    server_cls = (
+        PlainWSGIServer if os.environ.get("ESYNC_PLAIN_RUNSERVER") == "1" else FastWSGIServer
+    )
 
     def add_arguments(self, parser: CommandParser) -> None:
         super().add_arguments(parser)
