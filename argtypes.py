@@ -1,11 +1,16 @@
 """argparse ``type=`` functions shared by every command line of the tree (main.py, launch.py,
 ``python -m data.fetch``, the strategies' own flags): each returns the converted value or
 raises ArgumentTypeError, whose message argparse prints after the flag's name, so the
-messages name the value given."""
+messages name the value given. :class:`Option` is the one-line declaration of a class's
+hyperparameter flag (trainer/strategy.py, trainer/pacing.py).
+"""
 
 from __future__ import annotations
 
 import argparse
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
 
 
 def positive_int(text: str) -> int:
@@ -75,3 +80,44 @@ def momentum(text: str) -> float:
     if not value < 1.0:
         raise argparse.ArgumentTypeError(f"must be in [0, 1), got {text}")
     return value
+
+
+@dataclass(frozen=True)
+class Option:
+    """A hyperparameter of a class and its flag, declared in one line: the attribute ``name``
+    (whose class value is the default), the flag ``--name-with-dashes`` unless ``flag`` says
+    otherwise, ``aliases`` such as upstream's ``-gl``.
+
+    ``shared``: several classes read the flag with defaults of their own (``--mu``), so the
+    flag's default is None and each class keeps its own when the flag is not given.
+    """
+
+    name: str
+    type: Callable[[str], Any] | None = None
+    help: str = ""
+    flag: str | None = None
+    aliases: tuple[str, ...] = ()
+    choices: Sequence[str] | None = None
+    shared: bool = False
+
+    @property
+    def long_flag(self) -> str:
+        return self.flag or "--" + self.name.replace("_", "-")
+
+    @property
+    def dest(self) -> str:
+        """The attribute of the parsed namespace (argparse's rule for a long flag)."""
+        return self.long_flag.removeprefix("--").replace("-", "_")
+
+    def add_to(
+        self, parser: argparse.ArgumentParser | argparse._ArgumentGroup, owner: type
+    ) -> None:
+        default = None if self.shared else getattr(owner, self.name)
+        if isinstance(default, bool):  # a 0/1 flag (flag01)
+            default = int(default)
+        extra: dict[str, Any] = {"type": self.type} if self.type else {}
+        if self.choices is not None:
+            extra["choices"] = self.choices
+        parser.add_argument(
+            *self.aliases, self.long_flag, dest=self.dest, default=default, help=self.help, **extra
+        )

@@ -74,6 +74,20 @@ STATE_SERVER_RETRY_S = 60.0  # how long a worker retries an unreachable State Se
 STATE_SERVER_KIND = "runserver"  # launch.py --state-server: runserver | gunicorn
 STATE_SERVER_START_S = 60.0  # how long launch.py waits for its State Server to answer
 STATE_SERVER_MAX_RESTARTS = 3  # launch.py restarts a State Server that dies this often per run
+# Every server flavour (runserver, gunicorn): a request's line, headers and body must all have
+# arrived this long after its first byte (a new connection's first request: after the accept),
+# and a connection idle this long between requests is closed (the client reconnects at once).
+# It bounds only the reading: a held request (the delayed ACK) waits for its answer as long as
+# the server holds it (ESYNC_MAX_HOLD_S).
+STATE_SERVER_REQUEST_TIMEOUT_S = 10.0
+STATE_SERVER_IDLE_TIMEOUT_S = 10.0
+# Connections one client address may have open at once (more are closed at accept; 0: no cap;
+# ESYNC_MAX_CONNECTIONS_PER_CLIENT overrides it). Not small: every local worker, the launcher
+# and a dashboard browser share 127.0.0.1, and a worker holds up to 3 connections (its State
+# Server client, the non-blocking channel's, its progress reports), so 256 admits ~80 workers
+# on one address -- far more than one host runs -- and bench/'s 64 clients, while one address
+# can take at most a quarter of runserver's 1,000 connections.
+STATE_SERVER_MAX_CONNECTIONS_PER_CLIENT = 256
 
 # --- launch.py ------------------------------------------------------------------------
 WORKERS = 4  # -w

@@ -8,6 +8,10 @@ A ``hold`` (the non-blocking protocol's delayed ACK) may be left unanswered: the
 returns :class:`~StateServer.router.Pending`, the job goes into a :class:`HoldBook`, and the
 same thread answers it when its deadline comes (it sleeps in ``queue.get`` only until the
 earliest deadline), when a message makes it due, or after ``max_hold_s``.
+
+Reads never queue: after every message that may change the state, and before answering it,
+the engine publishes an immutable copy of the state (:mod:`StateServer.snapshots`), which
+:meth:`Dispatcher.snapshot` returns without a lock or a wait.
 """
 
 from __future__ import annotations
@@ -20,7 +24,8 @@ from collections.abc import Callable
 from typing import Any
 
 from .holds import DEFAULT_MAX_HOLD_S, Held, HoldBook
-from .router import Pending, Router
+from .router import Pending, Router, SnapshotMsg
+from .snapshots import Publisher, StateSnapshot
 
 DEFAULT_QUEUE_SIZE = 4096
 DEFAULT_TIMEOUT_S = 10.0
@@ -81,6 +86,7 @@ class Engine:
         self.holds = HoldBook(max_hold_s)
         self.handled = 0
         self._context: tuple[object, ...] | None = None  # router.hold_context() last seen
+        self.published = Publisher(router)  # .current: the state as the readers see it
 
     def next_time(self) -> float | None:
         """The earliest time a held request must be answered (None: nothing is held)."""
@@ -94,6 +100,7 @@ class Engine:
             job.error = exc
             result = None
         self.handled += 1
+        self._publish(job.msg, now)  # before the answer: its sender reads its own write
         if isinstance(result, Pending):
             old = self.holds.add(result.rank, job, result.deadline, now)
             if old is not None:
@@ -112,6 +119,13 @@ class Engine:
         """Answer every held request with compute (the server stops)."""
         for held in self.holds.pop_all():
             self._answer(held, now, due=False)
+
+    def _publish(self, msg: object, now: float) -> None:
+        """A new snapshot after ``msg``: the row of its rank, or all rows (no rank)."""
+        if type(msg) is SnapshotMsg:
+            return  # a read: nothing changed
+        rank = getattr(msg, "rank", None)
+        self.published.publish((rank,) if type(rank) is int else None, now)
 
     def _update(self, msg: object, now: float) -> None:
         """After a message: recompute the deadlines it may have changed, answer the due."""
@@ -144,6 +158,7 @@ class Engine:
             job.result = self.router.release(held.rank, now, now - held.since, late, due)
         except Exception as exc:
             job.error = exc
+        self.published.publish((held.rank,), now)
         job.finish()
 
 
@@ -194,6 +209,15 @@ class Dispatcher:
             except queue.Full:
                 return
             self._thread.join(timeout)
+
+    def snapshot(self) -> StateSnapshot:
+        """The state as last published (after the last message handled): no lock, no queue,
+        no wait, whatever the dispatcher is doing. See :mod:`StateServer.snapshots`."""
+        return self.engine.published.current
+
+    def now(self) -> float:
+        """The dispatcher's clock (the time a reader computes time-dependent fields for)."""
+        return self._clock()
 
     def depth(self) -> int:
         """Messages waiting in the queue."""

@@ -12,20 +12,33 @@ TCP_NODELAY on its listening socket and Linux copies it to accepted sockets.
 
 ``chdir`` is the repo root (the parent of ``StateServer/``), wherever gunicorn is started
 from: gunicorn changes into it and puts it first on the import path, so the app is imported as
-the package ``StateServer.stateserver``.
+the package ``StateServer.stateserver`` (this file puts it there too, for its own imports).
+
+The worker is gthread with the State Server's limits (``StateServer/gunicorn_worker.py``): a
+deadline of ``config.STATE_SERVER_REQUEST_TIMEOUT_S`` to read each request, idle
+connections closed after ``keepalive`` s without holding a thread, and at most
+``config.STATE_SERVER_MAX_CONNECTIONS_PER_CLIENT`` connections per client address.
 """
 
 import os
+import sys
 
 wsgi_app = "StateServer.stateserver.wsgi:application"
 chdir = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+if chdir not in sys.path:
+    sys.path.insert(0, chdir)
+
+from StateServer import limits  # noqa: E402 (needs the repo root on the path)
+
 bind = [os.environ.get("ESYNC_BIND", "0.0.0.0:10010")]
 workers = 1  # never more: each worker process would have its own state
-worker_class = "gthread"
+worker_class = "StateServer.gunicorn_worker.StateServerWorker"  # gthread, with the limits
 threads = int(os.environ.get("ESYNC_THREADS", "64"))  # supervisor raises it to workers + 8
 worker_connections = 1000
 backlog = 256
-keepalive = 75  # trainers may pause (evaluation) between queries; keep their connection
+# An idle connection (a new one before its first byte, a kept-alive one between requests)
+# is closed after this; a worker that paused longer reconnects at once (state_client.py).
+keepalive = max(1, round(limits.IDLE_TIMEOUT_S))
 timeout = 30
 graceful_timeout = 5
 max_requests = 0  # never recycle the worker: that would lose the state
@@ -38,3 +51,20 @@ accesslog = "-" if os.environ.get("ESYNC_ACCESS_LOG") == "1" else None
 errorlog = "-"
 loglevel = "warning"
 proc_name = "esync-state-server"
+
+
+def on_starting(server) -> None:  # noqa: ANN001 (gunicorn's Arbiter)
+    """Refuse an exposed bind without a token (StateServer/security.py); hand the bound
+    addresses to the worker's settings (``ALLOWED_HOSTS``) through ``ESYNC_BIND``."""
+    sys.path.insert(0, chdir)
+    from StateServer import security
+
+    binds = ",".join(str(b) for b in server.cfg.bind)
+    for host in security.bind_hosts(binds):
+        problem = security.exposure_error(
+            host, os.environ.get("ESYNC_TOKEN"), security.insecure_from_env(), "ESYNC_INSECURE=1"
+        )
+        if problem:
+            print(f"gunicorn: {problem}", file=sys.stderr, flush=True)
+            sys.exit(2)
+    os.environ["ESYNC_BIND"] = binds

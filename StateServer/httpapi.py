@@ -21,15 +21,16 @@ every piece runs without a server or a request object (``tests/test_http_layer.p
 from __future__ import annotations
 
 import functools
-import hmac
 import json
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 from django.conf import settings
 from django.http import HttpRequest, HttpResponse
+from django.http.request import split_domain_port, validate_host
 
+from . import security
 from .dispatcher import DEFAULT_TIMEOUT_S, Dispatcher, OverloadedError
 from .messages import (
     MAX_BODY_BYTES,
@@ -46,7 +47,17 @@ from .stateserver.service import get_dispatcher
 Header = Callable[[str], str | None]  # lower-case header name -> its value (None: absent)
 View = Callable[..., HttpResponse]
 
+READ_COOKIE = "esync_token"  # set by a page read with ?token=, so the page's links work
 TOKEN_ERROR = "missing or wrong token (X-ESync-Token header or Authorization: Bearer)"
+READ_TOKEN_ERROR = (
+    "this page is open to loopback clients only; others give the run's token "
+    "(?token=, the X-ESync-Token header or Authorization: Bearer)"
+)
+CONTENT_TYPE_ERROR = (
+    "a write must be Content-Type: application/json (forms and text/plain are refused: any "
+    "web page could send them), got {got!r}"
+)
+ORIGIN_ERROR = "cross-origin write refused (Origin {origin!r} is not this server)"
 # What Django's security, CSRF and clickjacking middleware add to an API answer: the fast
 # path adds the same, so that its answers are byte for byte Django's.
 SECURITY_HEADERS = [
@@ -58,7 +69,9 @@ SECURITY_HEADERS = [
 STATUS_LINES = {
     200: "200 OK",
     400: "400 Bad Request",
+    403: "403 Forbidden",
     409: "409 Conflict",
+    415: "415 Unsupported Media Type",
     503: "503 Service Unavailable",
 }
 # The WSGI environment's (and Django's request.META's) names of the headers read here.
@@ -68,6 +81,7 @@ ENVIRON_NAMES = {
     "authorization": "HTTP_AUTHORIZATION",
     "content-type": "CONTENT_TYPE",
     "content-length": "CONTENT_LENGTH",
+    "origin": "HTTP_ORIGIN",
 }
 # The worker-message routes and the message kind of their fields (``/msg/``: typed JSON).
 ROUTE_KINDS = {"/init/": "init", "/apply/": "query", "/reset/": "reset"}
@@ -76,7 +90,6 @@ FAST_ROUTES = ("/msg/", "/apply/")  # the hot routes the fast path may answer
 _PLAIN_HOST = re.compile(
     r"[A-Za-z0-9.\-]{1,253}(:[0-9]{1,5})?|\[[0-9A-Fa-f:.]{2,45}\](:[0-9]{1,5})?"
 )
-_FORM_FIELD = re.compile(rb"(r|k|c|te)=([0-9.eE-]{1,32})")
 
 
 def environ_header(environ: Mapping[str, Any]) -> Header:
@@ -87,18 +100,44 @@ def environ_header(environ: Mapping[str, Any]) -> Header:
 # --- checks -----------------------------------------------------------------------------
 
 
-def token_ok(header: Header, expected: str | None) -> bool:
-    """``X-ESync-Token: <token>`` or ``Authorization: Bearer <token>`` is ``expected``
-    (always true when no token is set). Compared in constant time."""
-    if not expected:
-        return True
+def given_token(header: Header) -> str | None:
+    """The token of ``X-ESync-Token: <token>`` or ``Authorization: Bearer <token>``."""
     got = header("x-esync-token")
     if got is None:
         auth = header("authorization") or ""
-        if auth[:7].lower() != "bearer ":
-            return False
-        got = auth[7:].strip()
-    return hmac.compare_digest(got.encode(), expected.encode())
+        got = auth[7:].strip() if auth[:7].lower() == "bearer " else None
+    return got
+
+
+def token_ok(header: Header, expected: str | None) -> bool:
+    """The request's token header is ``expected`` (always true when no token is set).
+    Compared in constant time."""
+    return not expected or security.token_matches(given_token(header), expected)
+
+
+def write_refusal(header: Header, token: str | None) -> tuple[int, str] | None:
+    """(status, error) that refuses a write before its body is read, or None: 403 without the
+    token, 415 for a body that is not JSON (a form or ``text/plain``, which a web page may send
+    anywhere without a preflight), 403 for a browser's foreign ``Origin``."""
+    if not token_ok(header, token):
+        return 403, TOKEN_ERROR
+    ctype = (header("content-type") or "").split(";")[0].strip().lower()
+    if ctype != "application/json":
+        return 415, CONTENT_TYPE_ERROR.format(got=ctype[:60])
+    origin = header("origin")
+    if origin is not None and not security.same_origin(origin, header("host")):
+        return 403, ORIGIN_ERROR.format(origin=origin[:80])
+    return None
+
+
+def read_allowed(
+    header: Header, client: str, given: Iterable[str | None], token: str | None
+) -> bool:
+    """A page or snapshot may be read: by a loopback client, with no token set, or with the
+    token (a header, or one of ``given``: ``?token=``, the cookie :data:`READ_COOKIE`)."""
+    if not token or security.is_loopback(client) or token_ok(header, token):
+        return True
+    return any(security.token_matches(g, token) for g in given)
 
 
 def check_length(raw: str | None, limit: int = MAX_BODY_BYTES) -> None:
@@ -158,23 +197,38 @@ def refusal(
 ) -> HttpResponse | None:
     """The answer that refuses ``request`` before its view runs, or None: a Host header not
     in ALLOWED_HOSTS (DisallowedHost: Django's JSON 400), 405 for another method, and for a
-    ``write``: 403 without the token, 400 / 413 for a bad or too large Content-Length."""
+    ``write``: :func:`write_refusal`'s 403 / 415, 400 / 413 for a bad or too large
+    Content-Length; for a read: 403 for a client that is neither loopback nor has the token."""
     request.get_host()
     if request.method not in methods:
         allowed = " or ".join(methods)
         resp = json_error(405, f"method {request.method} not allowed; use {allowed}", no_store)
         resp["Allow"] = ", ".join(methods)
         return resp
-    if not write:
-        return None
     header = environ_header(request.META)
-    if not token_ok(header, getattr(settings, "ESYNC_TOKEN", None)):
-        return json_error(403, TOKEN_ERROR, no_store)
+    token = getattr(settings, "ESYNC_TOKEN", None)
+    if not write:
+        client = request.META.get("REMOTE_ADDR", "")
+        given = (request.GET.get("token"), request.COOKIES.get(READ_COOKIE))
+        if read_allowed(header, client, given, token):
+            return None
+        return json_error(403, READ_TOKEN_ERROR, no_store)
+    refused = write_refusal(header, token)
+    if refused is not None:
+        return json_error(*refused, no_store)
     try:
         check_length(header("content-length"), limit)
     except MessageError as exc:
         return json_error(exc.status, str(exc), no_store)
     return None
+
+
+def remember_reader(resp: HttpResponse, given: str) -> None:
+    """A reader who gave the right ``?token=`` gets it as a same-site, script-proof cookie, so
+    that the page's links (which do not carry the token) open too."""
+    token = getattr(settings, "ESYNC_TOKEN", None)
+    if token and security.token_matches(given, token):
+        resp.set_cookie(READ_COOKIE, token, httponly=True, samesite="Strict")
 
 
 def api(
@@ -194,7 +248,10 @@ def api(
             if refused is not None:
                 return refused
             try:
-                return view(request, *args, **kwargs)
+                resp = view(request, *args, **kwargs)
+                if not write and "token" in request.GET:
+                    remember_reader(resp, request.GET["token"])
+                return resp
             except (MessageError, SchedulerError) as exc:
                 return json_error(exc.status, str(exc), no_store)
             except OverloadedError as exc:
@@ -273,25 +330,24 @@ def json_fields(body: bytes) -> Mapping[str, object]:
 # --- the fast path ----------------------------------------------------------------------
 
 
-def plain_message(route: str, content_type: str | None, body: bytes) -> WorkerMsg | None:
-    """The message of a plain hot request's body; None for anything Django should judge (and
-    explain): another route or content type, a form with other fields, a bad message."""
+def plain_message(route: str, body: bytes) -> WorkerMsg | None:
+    """The message of a plain hot request's JSON body; None for anything Django should judge
+    (and explain): another route, a bad message."""
     try:
         if route == "/msg/":
             return typed_message(body)
-        if route != "/apply/":
-            return None
-        if content_type == "application/json":
+        if route == "/apply/":
             return upstream_message(route, json_fields(body))
-        if content_type != "application/x-www-form-urlencoded":
-            return None
-        pairs = [_FORM_FIELD.fullmatch(part) for part in body.split(b"&")]
-        if len(pairs) != 4 or not all(pairs):
-            return None
-        form = {m.group(1).decode(): m.group(2).decode() for m in pairs if m is not None}
-        return upstream_message(route, form) if len(form) == 4 else None
+        return None
     except MessageError:
         return None
+
+
+def host_allowed(host: str) -> bool:
+    """The Host header passes Django's ``ALLOWED_HOSTS`` (the fast path checks it as Django
+    would, so that a rebound DNS name gets Django's 400, never a fast answer)."""
+    domain, _port = split_domain_port(host)
+    return bool(domain) and validate_host(domain, settings.ALLOWED_HOSTS)
 
 
 def fast_answer(
@@ -307,11 +363,11 @@ def fast_answer(
     checks it), a wrong or missing token (Django answers 403), a body that is not a well-formed
     message (Django says what is wrong). So the fast path never answers differently."""
     host = header("host")
-    if host is None or not _PLAIN_HOST.fullmatch(host):
+    if host is None or not _PLAIN_HOST.fullmatch(host) or not host_allowed(host):
         return None
-    if not token_ok(header, token):
+    if write_refusal(header, token) is not None:
         return None
-    msg = plain_message(route, header("content-type"), body)
+    msg = plain_message(route, body)
     if msg is None:
         return None
     status, obj = answer(route, msg, admission, in_thread)

@@ -33,9 +33,9 @@ Handler = Callable[[Scheduler, Any, float], Any]
 def handle_init(sched: Scheduler, msg: InitMsg, now: float) -> AckMsg:
     """Start a new run; or, with ``rejoin``, re-register after a restart (keeps records)."""
     if msg.rejoin:
-        sched.rejoin(msg.num_workers, msg.epsilon)
+        sched.rejoin(msg.num_workers, msg.epsilon, now)
     else:
-        sched.init(msg.num_workers, msg.epsilon)
+        sched.init(msg.num_workers, msg.epsilon, now)
     return AckMsg(of="init", round=sched.db.round)
 
 

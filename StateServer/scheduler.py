@@ -9,12 +9,19 @@ after every local iteration and is answered at once. *Non-blocking* (the paper's
 ACK): a worker ``hold``s, and the server answers when Alg. 2's condition becomes true;
 :meth:`Scheduler.deadline` is the server time from which a query would be answered sync,
 computed from the same state with :func:`sync_deadline`, so both protocols decide alike.
+
+A served scheduler also enforces the run's *semantic bounds* (:class:`Bounds`): messages that
+are well formed but would wreck the run (an init of another cluster size, a round far ahead)
+are refused with :class:`BoundsError` (HTTP 409) before anything changes. ``Scheduler()``
+without bounds is Alg. 2 alone, as the simulations and property tests drive it.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
+from .messages import MAX_NUM_WORKERS
 from .state import INITIAL_ROUND, StateDB, WorkerRecord
 
 COMPUTE = "compute"
@@ -51,10 +58,59 @@ class NotInitializedError(SchedulerError):
     status = 409
 
 
+class BoundsError(SchedulerError):
+    """A well-formed message outside the run's semantic bounds (:class:`Bounds`): an init of
+    another size than the cluster's, or a round too far ahead. HTTP 409; nothing changes."""
+
+    status = 409
+
+
+CLUSTER_SIZE_VAR = "ESYNC_CLUSTER_SIZE"  # the environment variable of Bounds.cluster_size
+ROUND_STEP = 1  # a reset or hold may name at most this many rounds past the current one
+RUN_IDLE_S = 120.0  # no cluster size: a run silent this long is over (another size may init)
+
+
+@dataclass(frozen=True, slots=True)
+class Bounds:
+    """What a served scheduler refuses with :class:`BoundsError` (docs/state-server.md,
+    "Semantic bounds").
+
+    ``cluster_size`` (``ESYNC_CLUSTER_SIZE``; launch.py sets it to its number of workers): an
+    init or rejoin of any other ``num_workers`` is refused. None (a hand-started server): any
+    size may start a run, but while a run is *in progress* (:meth:`Scheduler.in_progress`: a
+    round of it has ended on this server and a worker of it spoke less than ``run_idle_s``
+    ago) a plain init of another size is refused; one of the same size starts a new run.
+
+    ``round_step``: once a run's round is anchored (by its first reset or hold), a reset or
+    hold may name at most ``round + round_step``. The anchoring message itself may name any
+    round: a run resumed from a checkpoint starts there, and a restarted server learns the
+    round from the first worker that re-registers.
+    """
+
+    cluster_size: int | None = None
+    round_step: int = ROUND_STEP
+    run_idle_s: float = RUN_IDLE_S
+
+
+def parse_cluster_size(raw: str | None) -> int | None:
+    """The value of ``ESYNC_CLUSTER_SIZE``: None when unset or empty, else an integer in
+    [1, MAX_NUM_WORKERS]; ValueError naming the variable for anything else."""
+    text = (raw or "").strip()
+    if not text:
+        return None
+    if not text.isdigit() or not 1 <= int(text) <= MAX_NUM_WORKERS:
+        raise ValueError(
+            f"{CLUSTER_SIZE_VAR} must be an integer in [1, {MAX_NUM_WORKERS}] "
+            f"(the run's number of workers), got {raw!r}"
+        )
+    return int(text)
+
+
 class Scheduler:
     """The State Server's records table plus Alg. 2 on top of it."""
 
-    def __init__(self) -> None:
+    def __init__(self, bounds: Bounds | None = None) -> None:
+        self.bounds = bounds  # None: no semantic bounds (Alg. 2 alone)
         self.db = StateDB()
         self.generation = 0  # +1 on every init: held requests of an older run are released
         self._forget_slowest()
@@ -67,15 +123,20 @@ class Scheduler:
 
     # --- messages ---------------------------------------------------------------------
 
-    def init(self, num_workers: int, epsilon: float) -> None:
-        """Start a new run: forget every record, round back to the first one."""
+    def init(self, num_workers: int, epsilon: float, now: float | None = None) -> None:
+        """Start a new run: forget every record, round back to the first one.
+
+        With bounds: BoundsError (nothing changes) for another size than the cluster's, or,
+        without a cluster size, for another size than a run in progress at ``now`` (None:
+        counted as in progress when a round of it has ended)."""
+        self._check_init(num_workers, now)
         self.db = StateDB(
             num_workers=num_workers, epsilon=epsilon, round=INITIAL_ROUND, initialized=True
         )
         self.generation += 1
         self._forget_slowest()
 
-    def rejoin(self, num_workers: int, epsilon: float) -> bool:
+    def rejoin(self, num_workers: int, epsilon: float, now: float | None = None) -> bool:
         """A worker re-registers after a State Server restart; never forgets a record.
 
         Not initialised: initialise as :meth:`init` does (and remember that it was a rejoin:
@@ -83,10 +144,12 @@ class Scheduler:
         and ``epsilon`` (another worker re-registered first, or the server never restarted):
         nothing changes; returns False. Initialised with other parameters: SchedulerError
         (HTTP 400), nothing changes: the server serves another run, or the workers disagree.
+        With bounds, another size than the cluster's is a BoundsError (409) first.
         """
+        self._check_size(num_workers, "rejoin")
         db = self.db
         if not db.initialized:
-            self.init(num_workers, epsilon)
+            self.init(num_workers, epsilon, now)
             self.db.rejoined = True
             return True
         if (db.num_workers, db.epsilon) != (num_workers, epsilon):
@@ -98,12 +161,18 @@ class Scheduler:
         return False
 
     def reset(self, rank: int, t: int, te: float, now: float) -> int:
-        """Worker ``rank`` starts round ``t`` at ``te``; a newer round clears every k/ready."""
+        """Worker ``rank`` starts round ``t`` at ``te``; a newer round clears every k/ready.
+
+        The first reset of a run anchors its round (any ``t``); with bounds, a later one may
+        name at most ``round + round_step`` (else BoundsError, nothing changes)."""
         self._check_rank(rank)
+        self._check_round(t)
         db = self.db
         if t > db.round:
+            db.advanced = db.advanced or db.anchored  # a round ended (not the anchoring)
             db.start_round(t)
             self._best_valid = False  # every key changed (round, ready)
+        db.anchored = True
         rec, old = self._record(rank)
         rec.t, rec.te, rec.k, rec.ready, rec.told, rec.last_seen = t, te, 0, False, False, now
         self._changed(rec, old)
@@ -140,9 +209,11 @@ class Scheduler:
         A worker's first hold of a round (its record is in an older round) is its reset:
         ``te`` is then the time it started the round. Returns the record, or None when ``t``
         is older than the current round: the worker was told sync in round ``t`` already
-        and the others have moved on (only its capability is kept).
+        and the others have moved on (only its capability is kept). With bounds, ``t`` is
+        checked as a reset's.
         """
         self._check_rank(rank)
+        self._check_round(t)
         if t < self.db.round:
             rec = self.db.records.get(rank)
             if rec is not None and c > 0.0:
@@ -282,6 +353,60 @@ class Scheduler:
         elif best is None or new > _key(best, self.db.round):
             self._best = rec
 
+    # --- bounds -----------------------------------------------------------------------
+
+    def last_activity(self) -> float | None:
+        """Server time of the run's latest worker message (None: none yet)."""
+        return max((rec.last_seen for rec in self.db.records.values()), default=None)
+
+    def in_progress(self, now: float | None) -> bool:
+        """Whether a run is in progress at ``now``: initialised, a round of it has ended on
+        this server (a reset or hold moved its anchored round on), and a worker of it sent a
+        message less than ``run_idle_s`` ago (``now`` None: counted as recent)."""
+        db = self.db
+        if not (db.initialized and db.advanced):
+            return False
+        idle = self.bounds.run_idle_s if self.bounds is not None else RUN_IDLE_S
+        last = self.last_activity()
+        return now is None or (last is not None and now - last < idle)
+
+    def _check_size(self, num_workers: int, what: str) -> None:
+        size = self.bounds.cluster_size if self.bounds is not None else None
+        if size is not None and num_workers != size:
+            raise BoundsError(
+                f"{what} refused: this State Server serves a cluster of {size} workers "
+                f"({CLUSTER_SIZE_VAR}={size}), the {what} asks for num_workers {num_workers}"
+            )
+
+    def _check_init(self, num_workers: int, now: float | None) -> None:
+        bounds = self.bounds
+        if bounds is None:
+            return
+        self._check_size(num_workers, "init")
+        db = self.db
+        if bounds.cluster_size is not None or num_workers == db.num_workers:
+            return
+        if self.in_progress(now):
+            last = self.last_activity()
+            ago = "" if now is None or last is None else f", a worker spoke {now - last:.1f} s ago"
+            raise BoundsError(
+                f"init refused: a run of {db.num_workers} workers is in progress (round "
+                f"{db.round}{ago}), the init asks for num_workers {num_workers}; another size "
+                f"may start a run once no worker has spoken for {bounds.run_idle_s:g} s "
+                f"(or restart the State Server, or start it with {CLUSTER_SIZE_VAR})"
+            )
+
+    def _check_round(self, t: int) -> None:
+        db = self.db
+        if self.bounds is None or not db.anchored:
+            return
+        top = db.round + self.bounds.round_step
+        if t > top:
+            raise BoundsError(
+                f"round {t} refused: the State Server's current round is {db.round}; a reset "
+                f"or hold may name at most round {top}"
+            )
+
     # --- views ------------------------------------------------------------------------
 
     def snapshot(self, now: float) -> dict[str, Any]:
@@ -310,6 +435,7 @@ class Scheduler:
         return {
             "initialized": db.initialized,
             "recovering": db.recovering,
+            "cluster_size": self.bounds.cluster_size if self.bounds is not None else None,
             "num_workers": db.num_workers,
             "epsilon": db.epsilon,
             "round": db.round,

@@ -47,6 +47,8 @@ class StateDB:
     round: int = INITIAL_ROUND
     initialized: bool = False
     rejoined: bool = False  # initialised by a worker's rejoin (the server had restarted)
+    anchored: bool = False  # a reset or hold has named the run's round (see Scheduler.reset)
+    advanced: bool = False  # ... and a later one moved it on: a round ended on this server
     records: dict[int, WorkerRecord] = field(default_factory=dict)
 
     @property

@@ -4,6 +4,8 @@ trainer.options.shared_parser), their checks, and ``main`` with its exit codes."
 from __future__ import annotations
 
 import argparse
+import contextlib
+import ipaddress
 import signal
 import sys
 from collections import Counter
@@ -14,7 +16,7 @@ from argtypes import host_port
 from launcher import ssh
 from launcher.devices import device_unit, parse_slowdowns
 from launcher.local import run_mode
-from launcher.supervision import ROOT, LaunchError
+from launcher.supervision import ROOT, LaunchError, run_token
 from trainer import calibrate, layout, options, registry
 
 
@@ -299,6 +301,7 @@ def make_plan(opts: argparse.Namespace) -> ssh.Plan:
     services = found[opts.hosts[0].host] if opts.services_on == "first" else here
     workers = [(found[h], s) for h, s in zip(opts.worker_hosts, opts.slowdowns, strict=True)]
     plan = ssh.Plan(services, workers, advertise or services.address, opts.interface)
+    warn_if_public(plan.advertise)
     counts = Counter(w.label for w, _ in workers)
     print(
         f"cluster: services on {services.label} at {plan.advertise}; workers on "
@@ -308,8 +311,23 @@ def make_plan(opts: argparse.Namespace) -> ssh.Plan:
     return plan
 
 
+def warn_if_public(address: str) -> None:
+    """ps-lite's ports take any connection on every interface and unpickle what they are sent
+    (docs/security.md): on a public address, anyone on the internet can run code."""
+    with contextlib.suppress(ValueError):
+        if ipaddress.ip_address(address).is_global:
+            print(
+                f"launch: warning: the cluster address {address} is public; MXNet's ps-lite "
+                "ports have no authentication (anyone who reaches them can run code on the "
+                "hosts): use a private network or a firewall (docs/security.md)",
+                file=sys.stderr,
+                flush=True,
+            )
+
+
 def main(argv: list[str] | None = None) -> int:
     opts, forwarded = parse(argv)
+    run_token()  # every write to the State Server needs it (docs/security.md)
     try:
         plan = make_plan(opts)
     except ssh.ProbeError as exc:

@@ -7,10 +7,12 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import os
 import shutil
 import socket
 import sys
 import time
+import urllib.parse
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,11 +23,14 @@ from launcher.console import EvaluationPrinter
 from launcher.devices import slowdown_flags
 from launcher.supervision import (
     PYTHON,
+    TOKEN_VAR,
     Cluster,
     LaunchError,
     start_state_server,
     state_server_cmd,
+    state_server_env,
 )
+from StateServer import security
 from trainer import layout, registry
 
 
@@ -201,7 +206,7 @@ def state_server(opts: argparse.Namespace, plan: ssh.Plan, cluster: Cluster) -> 
     # workers retry it for --state-retry seconds
     (free,) = where.free_ports(1, plan.advertise)
     cmd = state_server_cmd(opts.state_server, plan.advertise, free, opts.workers)
-    where.start(cluster, "state-server", "state-server", cmd, {})
+    where.start(cluster, "state-server", "state-server", cmd, state_server_env(opts.workers))
     return plan.advertise, str(free)
 
 
@@ -217,8 +222,17 @@ def service_flags(
     if opts.dashboard:
         url = f"http://{host}:{port}"
         flags += ["--report-progress", url]
-        print(f"dashboard: {url}/dashboard/", flush=True)
+        print(f"dashboard: {dashboard_link(url, host)}", flush=True)
     return flags
+
+
+def dashboard_link(url: str, host: str) -> str:
+    """The dashboard's address; from another machine it needs the run's token, so the link
+    carries it (printed once, here: the page then keeps it in a same-site cookie)."""
+    token = os.environ.get(TOKEN_VAR)
+    if token and not security.is_loopback(host):
+        return f"{url}/dashboard/?token={urllib.parse.quote(token, safe='')}"
+    return f"{url}/dashboard/"
 
 
 def report_failure(flags: list[str], run: str, exc: LaunchError) -> None:
@@ -227,9 +241,17 @@ def report_failure(flags: list[str], run: str, exc: LaunchError) -> None:
         return
     url = flags[flags.index("--report-progress") + 1]
     body = json.dumps({"msg_type": "run", "run": run, "failed": str(exc)[:500]}).encode()
-    request = urllib.request.Request(f"{url}/progress/", body, {"Content-Type": "application/json"})
+    headers = {"Content-Type": "application/json", "X-ESync-Token": os.environ.get(TOKEN_VAR, "")}
+    request = urllib.request.Request(f"{url}/progress/", body, headers)
     with contextlib.suppress(OSError):
         urllib.request.urlopen(request, timeout=2).close()
+
+
+def ps_lite_transport(plan: ssh.Plan) -> dict[str, str]:
+    """ps-lite binds its TCP ports on every interface (``tcp://*``, whatever DMLC_INTERFACE
+    says) and has no authentication: on one machine it talks over Unix sockets instead
+    (``DMLC_LOCAL=1``: ``ipc:///tmp/<port>``), which no other machine reaches."""
+    return {} if plan.remote_hosts() else {"DMLC_LOCAL": "1"}
 
 
 def start_distributed(
@@ -248,6 +270,7 @@ def start_distributed(
         "DMLC_PS_ROOT_PORT": str(port),
         "DMLC_NUM_SERVER": "1",
         "DMLC_NUM_WORKER": str(len(plan.workers)),
+        **ps_lite_transport(plan),
     }
     for role in ("scheduler", "server"):
         env = {**dmlc, **plan.services_env(), "DMLC_ROLE": role}

@@ -17,7 +17,12 @@ A remote process is a local ``ssh -tt`` client (supervised by ``launcher.supervi
 like a local process, its output prefixed with the host and echoed) running
 
     exec /bin/sh -c 'mkdir -p D && echo $$ > D/<name>.pgid && cd ROOT || exit 125;
+                     ESYNC_TOKEN=$(cat D/.token) && export ESYNC_TOKEN || exit 125;
                      env VAR=... PY main.py ...; rc=$?; rm -f D/<name>.pgid; exit $rc'
+
+The run's token is never on a command line (``ps`` shows every user the command lines of a
+host): the launcher writes it once per host and attempt into ``D/.token`` (mode 0600, sent on
+ssh's stdin) and :func:`stop_leftovers` removes it.
 
 sshd starts that shell as the leader of a new session whose controlling terminal is the
 pseudo-terminal, so the shell's pid is also the process group of everything it starts: when the
@@ -34,6 +39,8 @@ import shlex
 import shutil
 import socket
 import subprocess
+import tarfile
+import threading
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -44,6 +51,7 @@ from launcher.supervision import (
     PYTHON,
     ROOT,
     THREAD_VARS,
+    TOKEN_VAR,
     WORKER_RANK_RE,
     Cluster,
     LaunchError,
@@ -55,7 +63,6 @@ from trainer import layout
 from trainer.slowdown import ScheduleError
 
 SSH = "ssh"
-SCP = "scp"
 # after the user's --ssh-option values (ssh keeps the first value of an option)
 SSH_DEFAULTS = (
     "ConnectTimeout=10",
@@ -67,7 +74,10 @@ FORWARDED_PREFIXES = ("ESYNC_",)  # launcher variables every remote process gets
 PROBE_TIMEOUT_S = 60.0
 COPY_TIMEOUT_S = 600.0
 _HOST_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.@-]*$")  # IPv6 literals: use a ~/.ssh/config alias
+_LABEL_RE = re.compile(r"^[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?$")
 _VAR_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+TOKEN_FILE = ".token"  # in the attempt's process folder on a remote host (Where.put_token)
+_TOKENS_WRITTEN: set[tuple[str | None, str]] = set()
 
 Runner = Callable[[list[str], float], subprocess.CompletedProcess]
 
@@ -186,10 +196,6 @@ class Ssh:
         """``ssh ... host remote`` (``-tt``: a pseudo-terminal even without a local one)."""
         return [*self._base(SSH), *(["-tt"] if tty else []), "--", host, remote]
 
-    def copy(self, host: str, source: str, dest: str) -> list[str]:
-        """``scp -r`` of ``host:source`` into the local folder ``dest``."""
-        return [*self._base(SCP), "-r", "-q", "--", f"{host}:{source}", dest]
-
 
 def remote_env(threads: int, extra: dict[str, str] | None = None) -> dict[str, str]:
     """What a remote process gets: thread limits, unbuffered output, the launcher's ``ESYNC_*``
@@ -201,17 +207,26 @@ def remote_env(threads: int, extra: dict[str, str] | None = None) -> dict[str, s
     return env
 
 
-def remote_command(root: str, argv: Sequence[str], env: dict[str, str], pgid_file: str) -> str:
+def remote_command(
+    root: str,
+    argv: Sequence[str],
+    env: dict[str, str],
+    pgid_file: str,
+    token_file: str | None = None,
+) -> str:
     """The command line (for the remote login shell) that runs ``argv`` from ``root`` with
-    ``env``, its process group id in ``pgid_file`` while it runs (see the module doc)."""
+    ``env``, its process group id in ``pgid_file`` while it runs (see the module doc); the
+    token comes from ``token_file``, never from the command line (``env``'s is dropped)."""
     bad = [k for k in env if not _VAR_RE.match(k)]
     if bad:
         raise ValueError(f"not environment variable names: {bad}")
     q = shlex.quote
-    assigns = " ".join(f"{k}={q(v)}" for k, v in env.items())
+    assigns = " ".join(f"{k}={q(v)}" for k, v in env.items() if k != TOKEN_VAR)
+    token = f"{TOKEN_VAR}=$(cat {q(token_file)}) && export {TOKEN_VAR} || exit 125; "
     script = (
         f"mkdir -p {q(os.path.dirname(pgid_file))} && echo $$ > {q(pgid_file)} "
         f"&& cd {q(root)} || exit 125; "
+        f"{token if token_file else ''}"
         f"env {assigns} {' '.join(q(a) for a in argv)}; "
         f"rc=$?; rm -f {q(pgid_file)}; exit $rc"
     )
@@ -293,10 +308,38 @@ class Where:
         variables ``env`` on top of the usual ones; supervised by ``cluster`` either way."""
         if not self.remote:
             return cluster.start(name, role, list(argv), child_env(threads, env))
-        pgid_file = f"{self.path(cluster.proc_dir)}/{name}.pgid"
-        command = remote_command(self.root, self.argv(argv), remote_env(threads, env), pgid_file)
+        folder = self.path(cluster.proc_dir)
+        token_file = self.put_token(folder) if os.environ.get(TOKEN_VAR) else None
+        pgid_file = f"{folder}/{name}.pgid"
+        command = remote_command(
+            self.root, self.argv(argv), remote_env(threads, env), pgid_file, token_file
+        )
         ssh = self.ssh.command(self.host or "", command, tty=True)
         return cluster.start(name, role, ssh, child_env(1), echo=LinePrefix(self.label))
+
+    def put_token(self, folder: str) -> str:
+        """Write the run's token into ``folder/.token`` on this host (once per folder: mode
+        0600, sent on ssh's stdin); returns the file's path."""
+        path = f"{folder}/{TOKEN_FILE}"
+        if (self.host, path) in _TOKENS_WRITTEN:
+            return path
+        q = shlex.quote
+        script = f"umask 077 && mkdir -p {q(folder)} && cat > {q(path)}"
+        argv = self.ssh.command(self.host or "", posix(script))
+        try:
+            res = subprocess.run(
+                argv,
+                input=os.environ[TOKEN_VAR],
+                capture_output=True,
+                text=True,
+                timeout=PROBE_TIMEOUT_S,
+            )
+        except (OSError, subprocess.TimeoutExpired) as exc:
+            raise LaunchError(f"{self.label}: cannot write the run's token: {exc}") from None
+        if res.returncode != 0:
+            raise LaunchError(f"{self.label}: cannot write the run's token: {_last_lines(res)}")
+        _TOKENS_WRITTEN.add((self.host, path))
+        return path
 
     def free_ports(self, count: int, bind: str, runner: Runner | None = None) -> list[int]:
         """``count`` TCP ports nothing listens on right now (on this host)."""
@@ -369,6 +412,12 @@ def probe_command(root: str, python: str, interface: str) -> str:
     )
 
 
+def valid_hostname(name: str) -> bool:
+    """A DNS host name (RFC 1123 labels, at most 253 characters): no ``..``, no ``/``, not
+    empty, so it is safe as a folder name of the records."""
+    return len(name) <= 253 and all(_LABEL_RE.match(label) for label in name.split("."))
+
+
 def read_probe(
     res: subprocess.CompletedProcess, root: str, python: str, interface: str
 ) -> tuple[str, str, list[str]]:
@@ -380,6 +429,9 @@ def read_probe(
             facts.setdefault(key[len("ESYNC-") :], []).append(value.strip())
     if res.returncode != 0 or "HOSTNAME" not in facts:
         return "", "", [f"ssh failed: {_last_lines(res)}"]
+    hostname = facts["HOSTNAME"][0]
+    if not valid_hostname(hostname):  # it names a records folder here and there (rm -rf)
+        return "", "", [f"reports the host name {hostname!r}, which is not a DNS host name"]
     problems = []
     if "ROOT" not in facts:
         problems.append(f"no checkout of this repository at {root} (set --remote-root)")
@@ -511,14 +563,15 @@ def clean_records(hosts: Iterable[Where], mode_dir: Path) -> None:
 
 def stop_leftovers(hosts: Iterable[Where], proc_dir: Path) -> None:
     """Kill the process group of every remote process of this attempt that did not end by
-    itself (the fallback behind the pseudo-terminal's hang-up)."""
+    itself (the fallback behind the pseudo-terminal's hang-up), and remove the run's token."""
     loop = (
         'for f in *.pgid; do [ -f "$f" ] || continue; '
-        'kill -s KILL -- "-$(cat "$f")" 2>/dev/null; rm -f "$f"; done; true'
+        f'kill -s KILL -- "-$(cat "$f")" 2>/dev/null; rm -f "$f"; done; rm -f {TOKEN_FILE}; true'
     )
 
     def stop(where: Where) -> None:
         folder = shlex.quote(where.path(proc_dir))
+        _TOKENS_WRITTEN.discard((where.host, f"{where.path(proc_dir)}/{TOKEN_FILE}"))
         res = where.run(f"cd {folder} 2>/dev/null || exit 0; {loop}")
         if res.returncode != 0:
             _warn(f"{where.label}: could not check for leftover processes: {_last_lines(res)}")
@@ -537,10 +590,9 @@ def fetch_records(hosts: Iterable[Where], mode_dir: Path) -> None:
         shutil.rmtree(staging, ignore_errors=True)
         staging.mkdir(parents=True)
         try:
-            source = f"{where.path(mode_dir)}/{where.hostname}"
-            res = call(None, where.ssh.copy(where.host or "", source, str(staging)), COPY_TIMEOUT_S)
-            if res.returncode != 0:
-                _warn(f"{where.label}: no records copied from {source}: {_last_lines(res)}")
+            problem = copy_folder(where, where.path(mode_dir), where.hostname, staging)
+            if problem:
+                _warn(f"{where.label}: no records copied from {where.path(mode_dir)}: {problem}")
                 return
             shutil.rmtree(dest, ignore_errors=True)
             (staging / where.hostname).rename(dest)
@@ -548,6 +600,33 @@ def fetch_records(hosts: Iterable[Where], mode_dir: Path) -> None:
             shutil.rmtree(staging, ignore_errors=True)
 
     on_each(hosts, fetch)
+
+
+def copy_folder(where: Where, parent: str, name: str, dest: Path) -> str | None:
+    """Copy ``parent/name`` of a remote host into the local folder ``dest``: a tar stream
+    over ssh, its paths quoted for the remote shell, unpacked with tarfile's ``data`` filter
+    (nothing outside ``dest``, no links out, no devices). None, or what went wrong."""
+    q = shlex.quote
+    script = f"cd {q(parent)} && tar -cf - -- {q(name)}"
+    argv = where.ssh.command(where.host or "", posix(script))
+    try:
+        proc = subprocess.Popen(
+            argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE
+        )
+    except OSError as exc:
+        return str(exc)
+    timer = threading.Timer(COPY_TIMEOUT_S, proc.kill)
+    timer.start()
+    try:
+        with tarfile.open(fileobj=proc.stdout, mode="r|") as tar:
+            tar.extractall(dest, filter="data")
+    except (tarfile.TarError, OSError) as exc:
+        proc.kill()
+        return f"{exc}; {proc.communicate()[1].decode(errors='replace').strip()[-300:]}"
+    finally:
+        timer.cancel()
+    err = proc.communicate()[1].decode(errors="replace").strip()
+    return f"exit {proc.returncode}: {err[-300:]}" if proc.returncode else None
 
 
 def checkpoint_rounds(hosts: Iterable[Where], mode_dir: Path) -> tuple[str, int] | None:

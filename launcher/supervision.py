@@ -3,7 +3,7 @@
 One place for: the child-process environment, free ports, starting a process in its own
 session with its output in a log file (optionally also echoed, line by line, to this terminal),
 restarting one in place, stopping whole process groups (TERM, then KILL), waiting for an HTTP
-server, and the State Server's command line.
+server, and the State Server's command line and environment.
 """
 
 from __future__ import annotations
@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import secrets
 import signal
 import socket
 import subprocess
@@ -25,6 +26,7 @@ from pathlib import Path
 from typing import IO
 
 import config
+from StateServer.scheduler import CLUSTER_SIZE_VAR
 from trainer.layout import PIDS_NAME
 
 ROOT = config.ROOT
@@ -33,6 +35,7 @@ THREAD_VARS = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
 STATE_SERVER_KINDS = ("runserver", "gunicorn")
 GUNICORN_THREADS = "64"  # StateServer/gunicorn.conf.py's default (ESYNC_THREADS)
 CLUSTER_VARS = ("DMLC_", "PS_", "ESYNC_")  # what a test's children must not inherit
+TOKEN_VAR = "ESYNC_TOKEN"  # the run's secret: environment or a 0600 file only, never argv
 # how a worker names its rank in its output: "[worker 3/4] ..." or "[worker 3] done ..."
 WORKER_RANK_RE = re.compile(r"\[worker (\d+)(?:/\d+)?\]")
 _ECHO_LOCK = threading.Lock()  # one echoed line at a time on this terminal
@@ -47,6 +50,16 @@ def free_port(host: str = "127.0.0.1") -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind((host, 0))
         return sock.getsockname()[1]
+
+
+def run_token() -> str:
+    """The run's State Server token: the caller's ``ESYNC_TOKEN``, else a new random one, set
+    in this process's environment so that every child gets it from :func:`child_env` (and
+    every ssh host from a 0600 file, launcher/ssh.py): never on a command line, where ``ps``
+    shows it to every user of the host."""
+    token = os.environ.get(TOKEN_VAR) or secrets.token_urlsafe(32)
+    os.environ[TOKEN_VAR] = token
+    return token
 
 
 def child_env(
@@ -392,6 +405,13 @@ def state_server_cmd(kind: str, host: str, port: int, workers: int = 0) -> list[
     raise ValueError(f"unknown State Server kind {kind!r} (choose from runserver, gunicorn)")
 
 
+def state_server_env(workers: int) -> dict[str, str]:
+    """What a State Server for a run of ``workers`` trainers gets on top of the usual
+    environment: its cluster size, so that an init of another size is refused (HTTP 409;
+    docs/state-server.md, "Semantic bounds"). ``workers`` 0: none (any size may init)."""
+    return {CLUSTER_SIZE_VAR: str(workers)} if workers > 0 else {}
+
+
 def start_state_server(
     cluster: Cluster,
     kind: str = config.STATE_SERVER_KIND,
@@ -401,10 +421,14 @@ def start_state_server(
     timeout: float = config.STATE_SERVER_START_S,
     workers: int = 0,
 ) -> tuple[Proc, str]:
-    """Start a State Server in ``cluster`` and wait until it answers; returns (proc, URL)."""
+    """Start a State Server in ``cluster`` and wait until it answers; returns (proc, URL).
+
+    ``workers`` > 0: the run's number of trainers, the server's cluster size
+    (:func:`state_server_env`, added to ``env``)."""
     port = port or free_port(host)
     cmd = state_server_cmd(kind, host, port, workers)
-    proc = cluster.start("state-server", "state-server", cmd, env or child_env(1))
+    env = {**(env or child_env(1)), **state_server_env(workers)}
+    proc = cluster.start("state-server", "state-server", cmd, env)
     url = f"http://{host}:{port}"
     wait_http(f"{url}/", proc, timeout)
     return proc, url

@@ -12,12 +12,11 @@ is :func:`trainer.aggregate.fedbuff_accumulate`.
 
 from __future__ import annotations
 
-import argparse
 from typing import ClassVar
 
 import mxnet as mx
 
-import argtypes
+from argtypes import Option, positive_int
 from trainer import aggregate
 from trainer.federated import ServerRule, VersionedAsync
 
@@ -29,17 +28,13 @@ class FedBuff(VersionedAsync):
     buffer_size: ClassVar[int] = 2  # half the default 4-worker cluster: a version per 2 pushes
     server_lr: ClassVar[float] = 1.0  # the mean of the buffer is applied as it is
     staleness_exponent: ClassVar[float] = 0.5  # s(t) = (1 + t)^-0.5, as in the paper
-    hyperparameters = ("buffer_size",)
-
-    @classmethod
-    def add_arguments(cls, parser: argparse.ArgumentParser) -> None:
-        parser.add_argument(
-            "--buffer-size",
-            dest="buffer_size",
-            type=argtypes.positive_int,
-            default=cls.buffer_size,
-            help="K: the server applies the mean of every K buffered updates",
-        )
+    options = (
+        Option(
+            "buffer_size",
+            positive_int,
+            "K: the server applies the mean of every K buffered updates",
+        ),
+    )
 
     def outgoing(self, index: int) -> mx.nd.NDArray:
         return self.arrays[index] - self.pulled[index]  # Δw since the pull

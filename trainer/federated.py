@@ -19,14 +19,13 @@ asynchronous modes whose server rule needs each push's staleness share :class:`V
 
 from __future__ import annotations
 
-import argparse
 from abc import abstractmethod
 from collections.abc import Callable
 from typing import ClassVar
 
 import mxnet as mx
 
-import argtypes
+from argtypes import Option, momentum, non_negative_float, unit_interval
 from trainer import aggregate
 from trainer.modes import ESync, KVExchange, ModelAveraging, Sums, init_server
 from trainer.pacing import FixedSteps
@@ -41,16 +40,14 @@ class Proximal(ModelAveraging):
     is each mode's own class default."""
 
     mu: ClassVar[float] = 0.0
-    hyperparameters = ("mu",)
-
-    @classmethod
-    def add_arguments(cls, parser: argparse.ArgumentParser) -> None:
-        parser.add_argument(
-            "--mu",
-            type=argtypes.non_negative_float,
-            default=None,
-            help="FedProx's proximal term mu/2 * ||w - w_global||^2 (default: the mode's own)",
-        )
+    options = (
+        Option(
+            "mu",
+            non_negative_float,
+            "FedProx's proximal term mu/2 * ||w - w_global||^2 (default: the mode's own)",
+            shared=True,
+        ),
+    )
 
     def local_update(self, model: Model) -> None:
         # batch_scale: the smaller last batch of --fill-last-batch takes its own mean.
@@ -141,17 +138,13 @@ class ESyncM(ESync):
     """
 
     server_momentum: ClassVar[float] = 0.8  # docs/reproduction.md
-    hyperparameters = ("server_momentum",)
-
-    @classmethod
-    def add_arguments(cls, parser: argparse.ArgumentParser) -> None:
-        parser.add_argument(
-            "--server-momentum",
-            dest="server_momentum",
-            type=argtypes.momentum,
-            default=cls.server_momentum,
-            help="beta of the momentum on the global step, v = beta v + sum(dw) / p, w += gl v",
-        )
+    options = (
+        Option(
+            "server_momentum",
+            momentum,
+            "beta of the momentum on the global step, v = beta v + sum(dw) / p, w += gl v",
+        ),
+    )
 
     def setup(self, model: Model, kv: mx.kv.KVStore | None) -> None:
         super().setup(model, kv)
@@ -334,37 +327,17 @@ class FedAsync(VersionedAsync):
     staleness: ClassVar[str] = "polynomial"
     staleness_a: ClassVar[float] = 0.5
     staleness_b: ClassVar[float] = 4.0
-    hyperparameters = ("alpha", "staleness", "staleness_a", "staleness_b")
-
-    @classmethod
-    def add_arguments(cls, parser: argparse.ArgumentParser) -> None:
-        parser.add_argument(
-            "--alpha",
-            type=argtypes.unit_interval,
-            default=cls.alpha,
-            help="mixing weight alpha in (0, 1]",
-        )
-        parser.add_argument(
-            "--staleness",
+    options = (
+        Option("alpha", unit_interval, "mixing weight alpha in (0, 1]"),
+        Option(
+            "staleness",
             choices=aggregate.STALENESS_FUNCTIONS,
-            default=cls.staleness,
             help="staleness function s(t): constant 1, polynomial (t+1)^-a, hinge "
             "(1 if t <= b else 1/(a(t-b)+1))",
-        )
-        parser.add_argument(
-            "--staleness-a",
-            dest="staleness_a",
-            type=argtypes.non_negative_float,
-            default=cls.staleness_a,
-            help="a of the polynomial / hinge staleness function",
-        )
-        parser.add_argument(
-            "--staleness-b",
-            dest="staleness_b",
-            type=argtypes.non_negative_float,
-            default=cls.staleness_b,
-            help="b of the hinge staleness function",
-        )
+        ),
+        Option("staleness_a", non_negative_float, "a of the polynomial / hinge staleness function"),
+        Option("staleness_b", non_negative_float, "b of the hinge staleness function"),
+    )
 
     def server_optimizer(self) -> ServerRule:
         aggregate.staleness_weight(self.staleness, 0, self.staleness_a, self.staleness_b)

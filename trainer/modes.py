@@ -13,7 +13,6 @@ summing modes' one push/pull per round with its key layout is :class:`SumExchang
 
 from __future__ import annotations
 
-import argparse
 import time
 from abc import abstractmethod
 from dataclasses import dataclass
@@ -21,7 +20,7 @@ from typing import ClassVar
 
 import mxnet as mx
 
-import argtypes
+from argtypes import Option, positive_float
 from trainer import aggregate
 from trainer.pacing import StateServerPacing
 from trainer.strategy import Model, Strategy
@@ -209,18 +208,14 @@ class ESync(ModelAveraging):
     :class:`trainer.pacing.StateServerPacing`."""
 
     pacing_class = StateServerPacing
-    hyperparameters = ("global_lr",)
-
-    @classmethod
-    def add_arguments(cls, parser: argparse.ArgumentParser) -> None:
-        parser.add_argument(
-            "-gl",
-            "--global-lr",
-            dest="global_lr",
-            type=argtypes.positive_float,
-            default=cls.global_lr,
-            help="the global step, w += gl * sum(delta) / p",
-        )
+    options = (
+        Option(
+            "global_lr",
+            positive_float,
+            "the global step, w += gl * sum(delta) / p",
+            aliases=("-gl",),
+        ),
+    )
 
 
 class ASGD(Strategy):

@@ -22,7 +22,7 @@ import argparse
 import time
 from typing import ClassVar
 
-import argtypes
+from argtypes import Option, flag01, non_negative_float, positive_int
 from trainer.state_client import (
     ProgressChannel,
     StateClient,
@@ -69,9 +69,14 @@ class Pacing:
     def __init__(self, batch_size: int) -> None:
         self.batch_size = batch_size
 
+    options: ClassVar[tuple[Option, ...]] = ()
+    """This policy's own flags (:class:`argtypes.Option`), each default a class attribute."""
+
     @classmethod
     def add_arguments(cls, parser: argparse.ArgumentParser) -> None:
-        """Add this policy's own flags (none by default)."""
+        """Add the flags of the options this class declares itself."""
+        for option in cls.__dict__.get("options", ()):
+            option.add_to(parser, cls)
 
     @classmethod
     def from_args(cls, args: argparse.Namespace) -> Pacing:
@@ -117,15 +122,7 @@ class FixedSteps(Pacing):
         super().__init__(batch_size)
         self.local_steps = local_steps
 
-    @classmethod
-    def add_arguments(cls, parser: argparse.ArgumentParser) -> None:
-        parser.add_argument(
-            "--local-steps",
-            dest="local_steps",
-            type=argtypes.positive_int,
-            default=cls.local_steps,
-            help="local SGD steps between synchronisations (E)",
-        )
+    options = (Option("local_steps", positive_int, "local SGD steps between synchronisations (E)"),)
 
     @classmethod
     def from_args(cls, args: argparse.Namespace) -> FixedSteps:
@@ -183,29 +180,23 @@ class StateServerPacing(Pacing):
         self._c = 0.0  # the newest capability (seconds per full batch)
         self._sent_before = 0  # holds the channel had sent at the last round's end
 
-    @classmethod
-    def add_arguments(cls, parser: argparse.ArgumentParser) -> None:
-        parser.add_argument(
-            "--epsilon",
-            type=argtypes.non_negative_float,
-            default=cls.epsilon,
-            help="Alg. 2 slack in seconds (sent by rank 0 when it resets)",
-        )
-        parser.add_argument(
-            "--state-protocol",
-            dest="state_protocol",
+    options = (
+        Option(
+            "epsilon", non_negative_float, "Alg. 2 slack in seconds (sent by rank 0 when it resets)"
+        ),
+        Option(
+            "protocol",
+            flag="--state-protocol",
             choices=PROTOCOLS,
-            default=cls.protocol,
             help="blocking asks the State Server before every local iteration (Alg. 2 as "
             "written); nonblocking hands progress over and is told when to sync (delayed ACK)",
-        )
-        parser.add_argument(
-            "--fill-last-batch",
-            dest="fill_last_batch",
-            type=argtypes.flag01,
-            default=int(cls.fill_last_batch),
-            help="1: compute a smaller last batch sized to the time left instead of idling",
-        )
+        ),
+        Option(
+            "fill_last_batch",
+            flag01,
+            "1: compute a smaller last batch sized to the time left instead of idling",
+        ),
+    )
 
     @classmethod
     def from_args(cls, args: argparse.Namespace) -> StateServerPacing:

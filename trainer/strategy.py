@@ -18,6 +18,7 @@ from typing import ClassVar
 
 import mxnet as mx
 
+from argtypes import Option
 from trainer.pacing import EveryBatch, Pacing
 from trainer.types import LocalProgress, RoundStats
 
@@ -59,14 +60,14 @@ class Strategy(ABC):
     { ``should_sync``? ``synchronise`` then ``begin_round`` : compute a batch of
     ``next_batch_size`` samples, ``local_update`` } -> ``close``.
 
-    **Flags and hyperparameters.** A class names its own hyperparameters in
-    ``hyperparameters`` (attribute names, each with its default as a class attribute) and adds
-    their flags in ``add_arguments`` (the flag's ``dest`` is the attribute's name), as a Django
-    management command does. main.py's parser calls ``add_arguments`` of every class that
-    defines one, once, for all registered modes (trainer/options.py); ``from_args`` then sets
-    every named hyperparameter from the parsed flags (a flag left at None keeps the class's
-    default, so two modes can share a flag with different defaults), and ``describe`` writes
-    them into meta.json.
+    **Flags and hyperparameters.** A class declares the hyperparameters it introduces in
+    ``options``, one :class:`argtypes.Option` each, with the default as a class attribute of
+    the same name. ``add_arguments`` (as a Django management command has) adds their flags;
+    a class with an unusual flag may override it. main.py's parser calls ``add_arguments`` of
+    every class that declares options, once, for all registered modes (trainer/options.py);
+    ``from_args`` then sets every hyperparameter from the parsed flags (a flag left at None
+    keeps the class's default, so two modes can share a flag with different defaults), and
+    ``describe`` writes them into meta.json.
 
     **Local steps** are the ``pacing`` policy's (:mod:`trainer.pacing`): ``should_sync``,
     ``next_batch_size``, ``begin_round`` and ``device_known`` delegate to it by default; a
@@ -84,8 +85,8 @@ class Strategy(ABC):
     """The flag (dest) of the learning rate of this mode's SGD steps: ``lr`` (-l) or
     ``local_lr`` (-ll, the local steps of the model-averaging modes)."""
 
-    hyperparameters: ClassVar[tuple[str, ...]] = ()
-    """The hyperparameters this class introduces (its bases' are added to them)."""
+    options: ClassVar[tuple[Option, ...]] = ()
+    """The hyperparameters this class introduces and their flags (its bases' are added)."""
 
     def __init__(
         self, lr: float, batch_size: int, pacing: Pacing | None = None, **hyper: object
@@ -103,32 +104,39 @@ class Strategy(ABC):
             setattr(self, name, value)
 
     @classmethod
-    def hyperparameter_names(cls) -> tuple[str, ...]:
+    def hyperparameters(cls) -> tuple[Option, ...]:
         """Every hyperparameter of this class and its bases, bases first."""
-        names: list[str] = []
+        found: dict[str, Option] = {}
         for klass in reversed(cls.__mro__):
-            for name in klass.__dict__.get("hyperparameters", ()):
-                if name not in names:
-                    names.append(name)
-        return tuple(names)
+            for option in klass.__dict__.get("options", ()):
+                found.setdefault(option.name, option)
+        return tuple(found.values())
+
+    @classmethod
+    def hyperparameter_names(cls) -> tuple[str, ...]:
+        return tuple(option.name for option in cls.hyperparameters())
 
     @classmethod
     def add_arguments(cls, parser: argparse.ArgumentParser) -> None:
-        """Add the flags of the hyperparameters this class introduces (none here)."""
-        return None
+        """Add the flags of the hyperparameters this class introduces (not its bases')."""
+        for option in cls.__dict__.get("options", ()):
+            option.add_to(parser, cls)
 
     @classmethod
     def flag_owners(cls) -> list[type]:
         """The classes whose ``add_arguments`` this mode's flags come from: this class, its
-        bases and its pacing policy's classes, each that defines ``add_arguments`` itself."""
+        bases and its pacing policy's classes, each that declares options itself."""
         chain = [*cls.__mro__, *cls.pacing_class.__mro__]
-        return [k for k in chain if "add_arguments" in k.__dict__ and k not in (Strategy, Pacing)]
+        own = ("options", "add_arguments")
+        return [
+            k for k in chain if k not in (Strategy, Pacing) and any(a in k.__dict__ for a in own)
+        ]
 
     @classmethod
     def from_args(cls, args: argparse.Namespace) -> Strategy:
         """Build the strategy from main.py's flags: learning rate, batch size, the pacing
         policy and every hyperparameter whose flag is not None."""
-        hyper = {n: getattr(args, n) for n in cls.hyperparameter_names()}
+        hyper = {o.name: getattr(args, o.dest) for o in cls.hyperparameters()}
         hyper = {n: v for n, v in hyper.items() if v is not None}
         pacing = cls.pacing_class.from_args(args)
         return cls(getattr(args, cls.lr_flag), args.batch_size, pacing, **hyper)

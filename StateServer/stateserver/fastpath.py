@@ -9,8 +9,8 @@ other request -- another route or method, a wrong or missing token, a Host heade
 plainly valid, a missing or oversized ``Content-Length``, a body that does not parse as a
 message -- goes to Django unchanged (with its body), which answers it as before. So the
 behaviour on the wire is the view's; only the cost differs. ``ESYNC_FASTPATH=0`` turns it
-off (everything through Django), and it is off when ``ESYNC_HTTPS`` or a restricted
-``ESYNC_ALLOWED_HOSTS`` asks Django to check the scheme or the host.
+off (everything through Django), and it is off when ``ESYNC_HTTPS`` asks Django to check
+the scheme; the Host header it checks against ``ALLOWED_HOSTS`` as Django does.
 
 The contract itself (token, decoding, answers, headers) is ``StateServer/httpapi.py``, shared
 with the Django views; this module only decides whether the fast path is on, and adapts WSGI.
@@ -39,7 +39,6 @@ def _settings() -> tuple[bool, str | None]:
     if not _SETTINGS:
         enabled = (
             os.environ.get("ESYNC_FASTPATH", "1") != "0"
-            and "*" in settings.ALLOWED_HOSTS
             and not getattr(settings, "SECURE_SSL_REDIRECT", False)
             and not getattr(settings, "SECURE_PROXY_SSL_HEADER", None)
         )

@@ -1,6 +1,9 @@
 """Receiver / sender: thin Django views that parse, queue, and serialise.
 
-All state changes go through the dispatcher. Every error is a JSON ``{"error": "..."}``. The
+All state changes go through the dispatcher; the reads (``GET /``, ``/status.json``,
+``/status/``) do not: they are served from the copy of the state the dispatcher publishes
+after every change (``Dispatcher.snapshot``, ``StateServer/snapshots.py``), so a flood of
+reads never queues in front of a worker's message. Every error is a JSON ``{"error": "..."}``. The
 checks, the decoding and the answers are ``StateServer/httpapi.py`` (shared with the fast
 path, which answers most well-formed ``/msg/`` requests before Django, the same way); these
 views only adapt Django's request and response.
@@ -9,7 +12,6 @@ views only adapt Django's request and response.
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
 from typing import Any
 
 from django.http import HttpRequest, HttpResponse
@@ -24,31 +26,11 @@ from ..httpapi import (
     typed_message,
     upstream_message,
 )
-from ..messages import MessageError
-from ..router import SnapshotMsg
 from .service import get_dispatcher
 from .status_page import render_status_html
 
 log = logging.getLogger(__name__)
 READ_METHODS = ("GET", "HEAD")
-
-
-def _upstream_fields(request: HttpRequest) -> Mapping[str, object]:
-    """Fields of an upstream route: a JSON object, or a form (urlencoded or multipart)."""
-    if request.content_type == "application/json":
-        return json_fields(request.body)
-    try:
-        form, files = request.POST, request.FILES
-    except Exception as exc:  # Django raises several types for broken form bodies
-        raise MessageError(f"malformed form body: {exc}") from None
-    if files:
-        raise MessageError("file uploads are not accepted")
-    fields: dict[str, object] = {}
-    for key, values in form.lists():
-        if len(values) != 1:
-            raise MessageError(f"field {key!r} given {len(values)} times")
-        fields[key] = values[0]
-    return fields
 
 
 # --- worker messages: the typed endpoint and the upstream routes ----------------------
@@ -61,14 +43,15 @@ def message_view(request: HttpRequest, route: str) -> HttpResponse:
 
     ``/msg/``: a typed JSON message; a ``hold`` may be answered late: the request thread
     waits until the dispatcher answers it (the delayed ACK), at most ``hold_timeout`` s.
-    Upstream's routes, as a form or a JSON object: ``/init/`` (num_workers, epsilon) starts
+    Upstream's routes, as a JSON object (upstream's form posts are refused, 415: a web page
+    could send them to any address, docs/security.md): ``/init/`` (num_workers, epsilon) starts
     a new run, ``/apply/`` (r, k, c, te) is the query (``{"ready": 1}``: synchronise),
     ``/reset/`` (r, t, te): worker r starts round t.
     """
     if route == "/msg/":
         msg = typed_message(request.body)
     else:
-        msg = upstream_message(route, _upstream_fields(request))
+        msg = upstream_message(route, json_fields(request.body))
     status, obj = answer(route, msg, request.META.get("esync.admission"))
     return json_response(obj, status=status)
 
@@ -80,12 +63,13 @@ def message_view(request: HttpRequest, route: str) -> HttpResponse:
 @api(READ_METHODS)
 def index_view(request: HttpRequest) -> HttpResponse:
     """``GET /``: num_workers, t, epsilon, records (as the original server)."""
-    return json_response(get_dispatcher().submit(SnapshotMsg(view="upstream")))
+    return json_response(get_dispatcher().snapshot().upstream())
 
 
 def _snapshot() -> dict[str, Any]:
+    """The status data: the published state at this moment, never through the queue."""
     disp = get_dispatcher()
-    snap = disp.submit(SnapshotMsg(view="status"))
+    snap = disp.snapshot().status(disp.now())
     snap["queue_depth"] = disp.depth()
     snap["held"] = disp.held()
     return snap
