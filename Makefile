@@ -13,7 +13,7 @@ NETWORK ?= lenet
 MAX_TIME ?= 90
 LOG_DIR ?= logs
 
-.PHONY: run test lint bench-state-server reproduce faults clean data mutants
+.PHONY: run test test-fast lint bench-state-server reproduce faults clean data mutants
 
 $(STAMP): requirements.txt
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info[:2] == (3, 11) else "Python 3.11 is required (set PYTHON=/path/to/python3.11)")'
@@ -28,6 +28,10 @@ run: $(STAMP)
 
 test: $(STAMP)
 	$(PY) -m pytest -q
+
+# The unit layer only (no process, no socket; well under 90 s): tests/unit.
+test-fast: $(STAMP)
+	$(PY) -m pytest -q tests/unit
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .

@@ -16,7 +16,7 @@ worker adds what runserver's server class does (``stateserver/fastserver.py``):
 * at most ``max_per_client`` open connections per client address (more are closed at once).
 
 It relies on gthread's internals (``TConn``, ``_DEFER``, ``handle``, ``handle_request``),
-checked by tests/test_reads_flood.py against the pinned gunicorn.
+checked by tests/e2e/test_reads_flood.py against the pinned gunicorn.
 """
 
 from __future__ import annotations

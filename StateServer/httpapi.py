@@ -15,7 +15,7 @@ Three servers answer the same routes: Django (``stateserver/views.py`` and
   (:func:`answer`), and the fast path's verdict on a raw request (:func:`fast_answer`).
 
 Headers come in as a lookup function (:data:`Header`: a lower-case name to its value), so
-every piece runs without a server or a request object (``tests/test_http_layer.py``).
+every piece runs without a server or a request object (``tests/unit/test_http_layer.py``).
 """
 
 from __future__ import annotations

@@ -285,7 +285,7 @@ class Scheduler:
         :data:`DUE` when it already would, :data:`UNKNOWN` when that depends on messages not
         received yet (a capability, the slowest's reset); otherwise :func:`sync_deadline`.
         For every state and every ``now``: ``decide(asker, now) == SYNC`` exactly when
-        ``now > deadline(asker)`` (tests/test_nonblocking_scheduler.py).
+        ``now > deadline(asker)`` (tests/unit/test_nonblocking_scheduler.py).
         """
         if asker.ready or asker.told:
             return DUE

@@ -3,7 +3,7 @@
     .venv/bin/python tests/mutants.py            # every mutant (make mutants)
     .venv/bin/python tests/mutants.py NAME ...   # only these
     .venv/bin/python tests/mutants.py --list
-    .venv/bin/python tests/mutants.py NAME --tests tests/test_async_modes.py  # other killers
+    .venv/bin/python tests/mutants.py NAME --tests tests/e2e/test_async_modes.py  # other killers
 
 Each mutant replaces one exact snippet of one file and names the tests that must fail on it
 (fast ones; a cluster test only where nothing faster can tell). The tree (``git ls-files``:
@@ -35,8 +35,8 @@ ROOT = Path(__file__).resolve().parent.parent
 VENV_PYTHON = ROOT / ".venv" / "bin" / "python"
 RUN_TIMEOUT_S = 900  # one mutant's test run; a hang counts as killed (the tests did not pass)
 
-MATHS = "tests/test_update_maths.py"
-PROPS = "tests/test_scheduler_properties.py"
+MATHS = "tests/unit/test_update_maths.py"
+PROPS = "tests/unit/test_scheduler_properties.py"
 
 
 @dataclass(frozen=True)
@@ -64,8 +64,8 @@ MUTANTS: list[Mutant] = [
         '"trainer.modes:ASGD",\n            "dist_async",',
         '"trainer.modes:ASGD",\n            "dist_sync",',
         (
-            "tests/test_registry.py::test_every_entry_loads_a_strategy_and_parses",
-            "tests/test_async_modes.py",
+            "tests/e2e/test_registry.py::test_every_entry_loads_a_strategy_and_parses",
+            "tests/e2e/test_async_modes.py",
         ),
         "async runs on a dist_sync KVStore",
     ),
@@ -91,7 +91,9 @@ MUTANTS: list[Mutant] = [
         "trainer/state_client.py",
         "stale = reused and attempts == 1",
         "stale = False",
-        ("tests/test_client_transport.py::test_a_stale_keep_alive_connection_is_retried_at_once",),
+        (
+            "tests/integration/test_client_transport.py::test_a_stale_keep_alive_connection_is_retried_at_once",
+        ),
         "the client backs off instead of retrying a stale keep-alive connection at once",
     ),
     Mutant(
@@ -99,7 +101,7 @@ MUTANTS: list[Mutant] = [
         "StateServer/stateserver/fastserver.py",
         "            self._open.discard(id(request))\n",
         "            pass\n",
-        ("tests/test_state_limits.py::test_closed_connections_free_their_slot",),
+        ("tests/integration/test_state_limits.py::test_closed_connections_free_their_slot",),
         "runserver's close_request no longer frees a connection slot",
     ),
     Mutant(
@@ -163,7 +165,9 @@ MUTANTS: list[Mutant] = [
         "trainer/modes.py",
         'lr_flag = "local_lr"\n    global_lr',
         'lr_flag = "lr"\n    global_lr',
-        ("tests/test_esync_epsilon.py::test_esync_local_steps_use_ll_and_the_flags_reach_alg_1",),
+        (
+            "tests/unit/test_esync_flags.py::test_esync_local_steps_use_ll_and_the_flags_reach_alg_1",
+        ),
         "ESync's local SGD step uses -l instead of -ll",
     ),
     Mutant(
@@ -197,8 +201,8 @@ MUTANTS: list[Mutant] = [
         "if status != 503:",
         "if True:",
         (
-            "tests/test_client_transport.py::test_http_503_is_retried_with_backoff_until_served",
-            "tests/test_client_transport.py::test_http_503_for_longer_than_retry_for_is_unreachable",
+            "tests/integration/test_client_transport.py::test_http_503_is_retried_with_backoff_until_served",
+            "tests/integration/test_client_transport.py::test_http_503_for_longer_than_retry_for_is_unreachable",
         ),
         "an overloaded server's 503 is not retried",
     ),

@@ -42,7 +42,7 @@ class KVExchange:
     A pushed array comes back overwritten with the pulled value: with mxnet 1.9.1 on CPU the
     dist KVStore uses a key's single pushed array as its communication buffer and pulls into
     it (observed: every worker's pushed control variate of esync-scaffold held the sum after
-    the pull; tests/test_update_maths.py's SumStore does the same). Push temporaries, or keep
+    the pull; tests/unit/test_update_maths.py's SumStore does the same). Push temporaries, or keep
     a copy of what must survive the exchange.
     """
 

@@ -2,7 +2,7 @@
 
 Strategies, pacing policies, the loop and the records all speak of a worker's progress in a
 round and of what it did in a round; defining both here, below every other trainer module,
-keeps the import graph free of cycles (tests/test_import_cycles.py).
+keeps the import graph free of cycles (tests/unit/test_import_cycles.py).
 """
 
 from __future__ import annotations

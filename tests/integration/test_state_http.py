@@ -42,8 +42,8 @@ def test_everything_before_init_is_a_409_or_empty(state_server: RunningServer) -
     query = {"msg_type": "query", "rank": 0, "k": 1, "c": 0.1, "te": 1.0}
     answers = {
         "query": srv.json("POST", "/msg/", query),
-        "apply": srv.json("POST", "/apply/", form={"r": 0, "k": 1, "c": 0.1, "te": 1}),
-        "reset": srv.json("POST", "/reset/", form={"r": 0, "t": 2, "te": 1}),
+        "apply": srv.json("POST", "/apply/", {"r": 0, "k": 1, "c": 0.1, "te": 1}),
+        "reset": srv.json("POST", "/reset/", {"r": 0, "t": 2, "te": 1}),
     }
     for name, (status, obj) in answers.items():
         assert status == 409 and "not initialised" in obj["error"], (name, answers[name])
@@ -82,30 +82,34 @@ def test_typed_endpoint(state_server: RunningServer) -> None:
 
 
 @serves(*SERVERS)
-def test_upstream_routes_form_and_json(state_server: RunningServer) -> None:
+def test_upstream_routes_take_json_not_forms(state_server: RunningServer) -> None:
+    """Upstream's routes with their field names, as JSON (numbers or numeric strings); the
+    form posts upstream's workers sent are refused (415, docs/security.md) and change nothing."""
     auth = state_server.auth()
-    assert (
-        state_server.json("POST", "/init/", form={"num_workers": 2, "epsilon": 0.5}, headers=auth)[
-            0
-        ]
-        == 200
+    before = state_server.state()
+    status, obj = state_server.json(
+        "POST", "/init/", form={"num_workers": 2, "epsilon": 0.5}, headers=auth
     )
+    assert status == 415 and "application/json" in obj["error"], obj
+    assert state_server.state() == before
+    init = {"num_workers": 2, "epsilon": "0.5"}
+    assert state_server.json("POST", "/init/", init, headers=auth)[0] == 200
     assert (
-        state_server.json("POST", "/reset", form={"r": 0, "t": 2, "te": 100.0}, headers=auth)[0]
-        == 200
+        state_server.json("POST", "/reset", {"r": 0, "t": "2", "te": 100.0}, headers=auth)[0] == 200
     )
     assert (
         state_server.json("POST", "/reset/", {"r": 1, "t": 2, "te": 100.0}, headers=auth)[0] == 200
     )
-    assert state_server.json(
+    status, _ = state_server.json(
         "POST", "/apply/", form={"r": 0, "k": 0, "c": 0.1, "te": 100.0}, headers=auth
+    )
+    assert status == 415
+    assert state_server.json(
+        "POST", "/apply/", {"r": 0, "k": 0, "c": 0.1, "te": 100.0}, headers=auth
     ) == (200, {"ready": 0})
     assert state_server.json(
         "POST", "/apply", {"r": 1, "k": 1, "c": 2.0, "te": 101.0}, headers=auth
-    ) == (
-        200,
-        {"ready": 1},
-    )  # the slowest
+    ) == (200, {"ready": 1})  # the slowest
     status, index = state_server.json("GET", "/")
     assert status == 200
     assert index == {
@@ -125,8 +129,8 @@ def test_rejoin_keeps_records_and_a_plain_init_forgets(state_server: RunningServ
     before = state_server.state()
     rejoin = {"msg_type": "init", "num_workers": 3, "epsilon": 0.5, "rejoin": True}
     assert state_server.msg(**rejoin) == {"msg_type": "ack", "of": "init", "round": 4}
-    form = {"num_workers": 3, "epsilon": "0.5", "rejoin": "true"}
-    assert state_server.json("POST", "/init/", form=form, headers=auth) == (
+    upstream = {"num_workers": 3, "epsilon": "0.5", "rejoin": "true"}
+    assert state_server.json("POST", "/init/", upstream, headers=auth) == (
         200,
         {"msg_type": "ack", "of": "init", "round": 4},
     )
@@ -253,7 +257,8 @@ BAD_UPSTREAM: list[tuple[str, str, dict | bytes, int]] = [
     ("init absurd", "/init/", {"num_workers": 10**9, "epsilon": 0.5}, 400),
     ("init negative eps", "/init/", {"num_workers": 2, "epsilon": -0.5}, 400),
     ("init missing", "/init/", {"num_workers": 2}, 400),
-    ("init repeated", "/init/", b"num_workers=2&num_workers=3&epsilon=0", 400),
+    ("init repeated", "/init/", b'{"num_workers": 2, "num_workers": 3, "epsilon": 0}', 400),
+    ("init form", "/init/", b"num_workers=2&epsilon=0", 415),
     ("apply JSON array", "/apply/", b"[]", 400),
     ("init rejoin word", "/init/", {"num_workers": 3, "epsilon": 0.5, "rejoin": "maybe"}, 400),
     ("init rejoin other run", "/init/", {"num_workers": 2, "epsilon": 0.5, "rejoin": 1}, 400),
@@ -264,18 +269,12 @@ BAD_UPSTREAM: list[tuple[str, str, dict | bytes, int]] = [
 def test_malformed_upstream_requests_are_4xx_and_change_nothing(
     state_server: RunningServer,
 ) -> None:
-    from urllib.parse import urlencode
-
     state_server.msg(msg_type="reset", num_workers=3, epsilon=0.5)
     before = state_server.state()
     for label, path, fields, expected in BAD_UPSTREAM:
-        if isinstance(fields, dict):
-            body, ctype = urlencode(fields).encode(), "application/x-www-form-urlencoded"
-        else:
-            body = fields
-            ctype = (
-                "application/json" if body.startswith(b"[") else "application/x-www-form-urlencoded"
-            )
+        body = json.dumps(fields).encode() if isinstance(fields, dict) else fields
+        is_json = body.startswith((b"[", b"{"))
+        ctype = "application/json" if is_json else "application/x-www-form-urlencoded"
         status, headers, data = state_server.request(
             "POST", path, body, {"Content-Type": ctype, **state_server.auth()}
         )
@@ -360,16 +359,14 @@ def test_token_required_on_writes(state_server: RunningServer) -> None:
     ):
         status, obj = srv.json("POST", "/msg/", init, headers=headers)
         assert status == 403 and "token" in obj["error"], headers
-        status, obj = srv.json(
-            "POST", "/init/", form={"num_workers": 2, "epsilon": 0}, headers=headers
-        )
+        status, obj = srv.json("POST", "/init/", {"num_workers": 2, "epsilon": 0}, headers=headers)
         assert status == 403, headers
     assert srv.state()["initialized"] is False
     assert srv.json("POST", "/msg/", init, headers={"X-ESync-Token": TOKEN})[0] == 200
     assert srv.json(
         "POST",
         "/apply/",
-        form={"r": 0, "k": 0, "c": 1, "te": 1},
+        {"r": 0, "k": 0, "c": 1, "te": 1},
         headers={"Authorization": f"Bearer {TOKEN}"},
     ) == (200, {"ready": 0})
     assert srv.json("GET", "/")[0] == 200  # reads need no token

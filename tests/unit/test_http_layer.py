@@ -2,7 +2,7 @@
 socket or a server process: the token check, the size check, the strict decoder, the JSON
 helpers, the Django ``api`` decorator (on RequestFactory requests), the answer of a message
 on each route, and the fast path's verdict on a raw request. The same contract over real
-HTTP is tests/test_state_http.py's."""
+HTTP is tests/integration/test_state_http.py's."""
 
 from __future__ import annotations
 
@@ -39,6 +39,7 @@ QUERY = {"msg_type": "query", "rank": 0, "k": 3, "c": 0.25, "te": 1.0}
 FORM = b"r=0&k=3&c=0.25&te=1.0"
 FORM_TYPE = "application/x-www-form-urlencoded"
 QUERY_MSG = QueryMsg(0, 3, 0.25, 1.0)
+UPSTREAM_QUERY = {"r": 0, "k": 3, "c": 0.25, "te": 1.0}  # /apply/'s fields of QUERY
 
 
 def headers(**given: str) -> httpapi.Header:
@@ -176,6 +177,7 @@ def _view_raising(exc: Exception | None) -> Any:
 
 def _call(view: Any, method: str = "POST", data: bytes = b"{}", **extra: str) -> HttpResponse:
     factory = RequestFactory()
+    extra.setdefault("HTTP_HOST", "127.0.0.1:10010")  # ALLOWED_HOSTS follows the bind
     request = factory.generic(method, "/x/", data, content_type="application/json", **extra)
     return view(request)
 
@@ -288,21 +290,19 @@ def test_upstream_json_fields_must_be_an_object() -> None:
 
 
 @pytest.mark.parametrize(
-    ("route", "content_type", "data", "expected"),
+    ("route", "data", "expected"),
     [
-        ("/msg/", None, body(QUERY), QUERY_MSG),
-        ("/msg/", None, body({**QUERY, "k": -1}), None),
-        ("/apply/", FORM_TYPE, FORM, QUERY_MSG),
-        ("/apply/", FORM_TYPE, FORM + b"&x=1", None),
-        ("/apply/", FORM_TYPE, b"r=0&r=0&c=0.25&te=1.0", None),
-        ("/apply/", "multipart/form-data", FORM, None),
-        ("/apply/", "application/json", body({"r": 0, "k": 3, "c": 0.25, "te": 1.0}), QUERY_MSG),
-        ("/apply/", "application/json", b"[]", None),
-        ("/init/", "application/json", body(INIT), None),
+        ("/msg/", body(QUERY), QUERY_MSG),
+        ("/msg/", body({**QUERY, "k": -1}), None),
+        ("/apply/", body(UPSTREAM_QUERY), QUERY_MSG),
+        ("/apply/", body({**UPSTREAM_QUERY, "x": 1}), None),
+        ("/apply/", FORM, None),  # upstream's form: JSON only now (docs/security.md)
+        ("/apply/", b"[]", None),
+        ("/init/", body(INIT), None),
     ],
 )
-def test_plain_message(route: str, content_type: str | None, data: bytes, expected: Any) -> None:
-    assert httpapi.plain_message(route, content_type, data) == expected
+def test_plain_message(route: str, data: bytes, expected: Any) -> None:
+    assert httpapi.plain_message(route, data) == expected
 
 
 @pytest.mark.parametrize(
@@ -312,6 +312,14 @@ def test_plain_message(route: str, content_type: str | None, data: bytes, expect
         {"host": "bad host"},
         {"host": "127.0.0.1:1", "x_esync_token": "wrong"},
         {"host": "127.0.0.1:1", "x_esync_token": TOKEN, "content_type": "text/plain"},
+        {"host": "127.0.0.1:1", "x_esync_token": TOKEN, "content_type": FORM_TYPE},
+        {"host": "node-a", "x_esync_token": TOKEN, "content_type": "application/json"},
+        {
+            "host": "127.0.0.1:1",
+            "x_esync_token": TOKEN,
+            "content_type": "application/json",
+            "origin": "http://elsewhere.example",
+        },
     ],
 )
 def test_fast_path_leaves_to_django(
@@ -319,7 +327,8 @@ def test_fast_path_leaves_to_django(
 ) -> None:
     monkeypatch.setattr(httpapi, "get_dispatcher", lambda: disp)
     route = "/apply/" if "content_type" in given else "/msg/"
-    assert httpapi.fast_answer(headers(**given), body(QUERY), TOKEN, route) is None
+    data = body(UPSTREAM_QUERY) if route == "/apply/" else body(QUERY)
+    assert httpapi.fast_answer(headers(**given), data, TOKEN, route) is None
     assert disp.handled == 0
 
 
@@ -327,11 +336,14 @@ def test_fast_path_answers_a_plain_request(
     disp: Dispatcher, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(httpapi, "get_dispatcher", lambda: disp)
-    plain = headers(host="[::1]:10010", authorization=f"Bearer {TOKEN}")
+    plain = headers(
+        host="[::1]:10010", authorization=f"Bearer {TOKEN}", content_type="application/json"
+    )
     assert httpapi.fast_answer(plain, body(INIT), TOKEN) == (
         200,
         b'{"msg_type":"ack","of":"init","round":0}',
     )
-    form = headers(host="node-a", x_esync_token=TOKEN, content_type=FORM_TYPE)
-    assert httpapi.fast_answer(form, FORM, TOKEN, "/apply/") == (200, b'{"ready":0}')
+    upstream = headers(host="localhost", x_esync_token=TOKEN, content_type="application/json")
+    fields = body(UPSTREAM_QUERY)
+    assert httpapi.fast_answer(upstream, fields, TOKEN, "/apply/") == (200, b'{"ready":0}')
     assert disp.handled == 2

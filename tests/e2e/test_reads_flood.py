@@ -28,18 +28,11 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
-from conftest import (
-    assert_all_gone,
-    clean_env,
-    kill_session,
-    launched_pids,
-    read_rounds,
-    start_launcher,
-    worker_folders,
-)
 
 import config
 from launcher.supervision import Cluster, Proc, start_state_server
+from tests.support.processes import assert_all_gone, clean_env, kill_session, start_launcher
+from tests.support.run_logs import launched_pids, read_rounds, worker_folders
 
 WORKERS = 4
 FLOOD_CONNECTIONS = 64

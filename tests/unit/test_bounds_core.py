@@ -6,7 +6,7 @@ rejoin, a resumed run) stays within them. The refusals are also checked through 
 layer (``httpapi``: the answer of a message, the fast path's answer, the Django view), and the
 launcher's side (``supervision.state_server_env``, ``local.state_server``).
 
-The same over real HTTP is tests/test_bounds_http.py's."""
+The same over real HTTP is tests/integration/test_bounds_http.py's."""
 
 from __future__ import annotations
 

@@ -1,7 +1,7 @@
 """Who may talk to the State Server, rule by rule, without a socket or a process
 (StateServer/security.py, StateServer/httpapi.py's write and read checks, the launcher's token
 and host-name hygiene). Every probe of issue #23 that needs no server is here; the ones that
-do are tests/test_security_http.py's and tests/test_security_launch.py's."""
+do are tests/integration/test_security_http.py's and tests/e2e/test_security_launch.py's."""
 
 from __future__ import annotations
 
