@@ -20,6 +20,45 @@ TARGET = 0.3
 MIN_FINAL_ACCURACY = 0.2
 
 
+def _check_device_time(summaries: dict, report: dict, stdout: str, base: str) -> None:
+    """Device time: one T0 for every mode, the fidelity and device throughput in every row."""
+    units = {summaries[m]["device_unit_s"] for m in MODES}
+    assert len(units) == 1 and f"T0 = {units.pop() * 1e3:.2f} ms" in stdout
+    assert "devices: device unit T0" in stdout and "workers of this mix fit" in stdout
+    for mode in MODES:
+        summ, row = summaries[mode], report["modes"][mode]
+        assert summ["emulation"] == "device" and 0.0 < summ["fidelity"] <= 1.0
+        assert row["fidelity"] == summ["fidelity"] and row["device_throughput"] > 0
+        batches = sum(w["local_iterations"] for w in summ["workers"])
+        overruns = sum(w["overruns"] for w in summ["workers"])
+        assert summ["fidelity"] == pytest.approx(1 - overruns / batches)
+    with open(os.path.join(base, "report.md")) as fh:
+        assert "fidelity" in stdout and "batches / T0" in fh.read()
+
+
+def _check_esync_against_the_others(summaries: dict, report: dict, stdout: str) -> None:
+    """The speedups, traffic and throughput ratios the report gives for ESync, from the
+    summaries; the fast workers' compute ratio above SSGD's."""
+    esync_t = report["modes"]["esync"]["time_to_target_s"]
+    for other in ("sync", "local"):
+        other_t = report["modes"][other]["time_to_target_s"]
+        speedup = report["esync_vs"][other]["speedup_to_target"]
+        assert speedup == pytest.approx(other_t / esync_t), other
+        assert f"{speedup:.2f}x" in stdout, other  # the console table shows it
+    vs = report["esync_vs"]["sync"]
+    assert vs["traffic_ratio"] == pytest.approx(
+        summaries["esync"]["bytes_per_s"] / summaries["sync"]["bytes_per_s"]
+    )
+    assert vs["throughput_ratio"] == pytest.approx(
+        summaries["esync"]["samples_per_s"] / summaries["sync"]["samples_per_s"]
+    )
+    # the fast ESync workers keep computing while SSGD's fast workers wait for the slow one
+    fast = [w for w in summaries["sync"]["workers"] if w["slowdown"] == 1.0]
+    assert max(w["compute_time_ratio"] for w in fast) < min(
+        w["compute_time_ratio"] for w in summaries["esync"]["workers"] if w["slowdown"] == 1.0
+    )
+
+
 def test_compare_writes_consistent_report(log_dir: str) -> None:
     flags = f"-w 3 --slowdowns 1,1,4 -n lenet --rounds 100000 --max-time 6 -e 3 --target {TARGET}"
     flags += " --emulation device --evaluator process"  # the defaults: T0 probed, evaluator
@@ -52,39 +91,9 @@ def test_compare_writes_consistent_report(log_dir: str) -> None:
         assert row["time_to_target_s"] == time_to_target(summ["accuracy"], TARGET)
         assert row["time_to_target_s"] is not None, (mode, summ["accuracy"])
         assert 5.0 <= summ["duration_s"] < 15.0
-    # device time: one T0 for every mode, the fidelity and device throughput in every row
-    units = {summaries[m]["device_unit_s"] for m in MODES}
-    assert len(units) == 1 and f"T0 = {units.pop() * 1e3:.2f} ms" in res.stdout
-    assert "devices: device unit T0" in res.stdout and "workers of this mix fit" in res.stdout
-    for mode in MODES:
-        summ, row = summaries[mode], report["modes"][mode]
-        assert summ["emulation"] == "device" and 0.0 < summ["fidelity"] <= 1.0
-        assert row["fidelity"] == summ["fidelity"] and row["device_throughput"] > 0
-        batches = sum(w["local_iterations"] for w in summ["workers"])
-        overruns = sum(w["overruns"] for w in summ["workers"])
-        assert summ["fidelity"] == pytest.approx(1 - overruns / batches)
-    assert (
-        "fidelity" in res.stdout and "batches / T0" in open(os.path.join(base, "report.md")).read()
-    )
+    _check_device_time(summaries, report, res.stdout, base)
     _check_evaluations(log_dir)
-    esync_t = report["modes"]["esync"]["time_to_target_s"]
-    for other in ("sync", "local"):
-        other_t = report["modes"][other]["time_to_target_s"]
-        speedup = report["esync_vs"][other]["speedup_to_target"]
-        assert speedup == pytest.approx(other_t / esync_t), other
-        assert f"{speedup:.2f}x" in res.stdout, other  # the console table shows it
-    vs = report["esync_vs"]["sync"]
-    assert vs["traffic_ratio"] == pytest.approx(
-        summaries["esync"]["bytes_per_s"] / summaries["sync"]["bytes_per_s"]
-    )
-    assert vs["throughput_ratio"] == pytest.approx(
-        summaries["esync"]["samples_per_s"] / summaries["sync"]["samples_per_s"]
-    )
-    # the fast ESync workers keep computing while SSGD's fast workers wait for the slow one
-    fast = [w for w in summaries["sync"]["workers"] if w["slowdown"] == 1.0]
-    assert max(w["compute_time_ratio"] for w in fast) < min(
-        w["compute_time_ratio"] for w in summaries["esync"]["workers"] if w["slowdown"] == 1.0
-    )
+    _check_esync_against_the_others(summaries, report, res.stdout)
 
 
 def _check_evaluations(log_dir: str) -> None:

@@ -24,7 +24,7 @@ import re
 import secrets
 import subprocess
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -52,12 +52,18 @@ _env = netns.host_env
 
 
 def _interpolate(env: Mapping[str, Any], values: Mapping[str, str]) -> dict[str, str]:
-    """Compose's ``${VAR:-default}`` / ``${VAR}`` substitution, from ``values``."""
+    """Compose's ``${VAR:-default}`` / ``${VAR:?message}`` / ``${VAR}`` substitution, from
+    ``values``; a ``:?`` variable without a value fails as compose does."""
 
     def sub(match: re.Match[str]) -> str:
-        return values.get(match.group(1), match.group(3) or "")
+        name, operator, argument = match.groups()
+        if values.get(name):
+            return values[name]
+        if operator == ":?":
+            raise ValueError(f"compose refuses to start: ${{{name}}} is unset ({argument})")
+        return argument or ""
 
-    pattern = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(:-([^}]*))?\}")
+    pattern = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?:(:[-?])([^}]*))?\}")
     return {k: pattern.sub(sub, str(v)) for k, v in env.items()}
 
 
@@ -164,6 +170,40 @@ def _deployment(tmp_path: Path) -> tuple[dict, dict, list[str], str, Path]:
     return compose["services"], services_by_role(compose), _main_py(), token, tmp_path / "logs"
 
 
+def _start_state_server_on(
+    a: netns.Host,
+    prober: netns.Host,
+    procs: netns.Processes,
+    services: dict[str, Any],
+    token: str,
+) -> tuple[Any, int]:
+    """The State Server on host ``a`` with docker-compose.yml's command, probed from another
+    host (so the route between namespaces is checked too): (its process, its port)."""
+    state_cmd = state_server_command()
+    port = int(state_cmd[4].rsplit(":", 1)[1])
+    state_env = _interpolate(services["stateserver"]["environment"], {"ESYNC_TOKEN": token})
+    state_env["ESYNC_ALLOWED_HOSTS"] = a.address
+    state = procs.start(
+        "stateserver", "state-server", a.wrap([PYTHON, *state_cmd[1:]]), _env(state_env), str(ROOT)
+    )
+    prober.wait_http(f"http://{a.address}:{port}/status.json", state, 60)
+    return state, port
+
+
+def _start_workers_on_hosts(
+    procs: netns.Processes, net: netns.Network, worker_argv: list[str], env: dict[str, str]
+) -> None:
+    """:data:`WORKERS`' workers on their hosts: ``worker_argv`` (main.py and compose's worker
+    flags) with this test's rounds and each worker's slowdown."""
+    n = 0
+    for host_name, slowdowns in WORKERS.items():
+        for slowdown in slowdowns:
+            flags = {"--rounds": str(ROUNDS), "-e": str(ROUNDS), "--slowdown": f"{slowdown:g}"}
+            argv = net.hosts[host_name].wrap(with_flags(worker_argv, flags))
+            procs.start(f"worker{n}-{host_name}", "worker", argv, env, str(ROOT))
+            n += 1
+
+
 def test_esync_on_three_emulated_hosts(tmp_path: Path) -> None:
     services, roles, main_py, token, log_dir = _deployment(tmp_path)
     num_workers = sum(len(s) for s in WORKERS.values())
@@ -184,19 +224,7 @@ def test_esync_on_three_emulated_hosts(tmp_path: Path) -> None:
                 return env
 
             # 1. the State Server on A, with docker-compose.yml's command
-            state_cmd = state_server_command()
-            port = int(state_cmd[4].rsplit(":", 1)[1])
-            state_env = _interpolate(services["stateserver"]["environment"], {"ESYNC_TOKEN": token})
-            state_env["ESYNC_ALLOWED_HOSTS"] = a.address
-            state = procs.start(
-                "stateserver",
-                "state-server",
-                a.wrap([PYTHON, *state_cmd[1:]]),
-                _env(state_env),
-                str(ROOT),
-            )
-            # probed from another host, so the route between namespaces is checked too
-            net.hosts["hostB"].wait_http(f"http://{a.address}:{port}/status.json", state, 60)
+            state, port = _start_state_server_on(a, net.hosts["hostB"], procs, services, token)
 
             # 2. and 3. the scheduler and the parameter server on A
             for role in ("scheduler", "server"):
@@ -211,28 +239,11 @@ def test_esync_on_three_emulated_hosts(tmp_path: Path) -> None:
 
             # 4. two workers on B and two on C, with compose's worker flags
             worker = roles["worker"][0]
-            n = 0
-            for host_name, slowdowns in WORKERS.items():
-                for slowdown in slowdowns:
-                    flags = with_flags(
-                        services[worker]["command"],
-                        {
-                            "-ip": a.address,
-                            "-port": str(port),
-                            "-ld": str(log_dir),
-                            "--rounds": str(ROUNDS),
-                            "-e": str(ROUNDS),
-                            "--slowdown": f"{slowdown:g}",
-                        },
-                    )
-                    procs.start(
-                        f"worker{n}-{host_name}",
-                        "worker",
-                        net.hosts[host_name].wrap([*main_py, *flags]),
-                        _env(dmlc_env(worker)),
-                        str(ROOT),
-                    )
-                    n += 1
+            flags = with_flags(
+                services[worker]["command"],
+                {"-ip": a.address, "-port": str(port), "-ld": str(log_dir)},
+            )
+            _start_workers_on_hosts(procs, net, [*main_py, *flags], _env(dmlc_env(worker)))
 
             _supervise(procs, started + TIMEOUT_S)
             assert state.poll() is None, f"the State Server died: {state.describe_exit()}"
@@ -251,6 +262,60 @@ def test_esync_on_three_emulated_hosts(tmp_path: Path) -> None:
     )
 
 
+def _host_of(net: netns.Network, services: dict[str, Any]) -> Callable[[str], netns.Host]:
+    """The emulated host a compose service runs on (its ``hostname``)."""
+    return lambda service: net.hosts[services[service]["hostname"]]
+
+
+def _start_compose_services(
+    procs: netns.Processes,
+    net: netns.Network,
+    services: dict[str, Any],
+    roles: dict[str, list[str]],
+    run: tuple[list[str], str, Path, int],
+) -> tuple[Any, list[str]]:
+    """Start every compose service on its host, the State Server first (and wait for it):
+    (the State Server's process, the first worker's flags). ``run`` is (main.py's argv, the
+    token, the log folder, the rounds)."""
+    main_py, token, log_dir, rounds = run
+    host_of = _host_of(net, services)
+
+    def env_of(service: str) -> dict[str, str]:
+        return _env(_interpolate(services[service]["environment"], {"ESYNC_TOKEN": token}))
+
+    def role_of(service: str) -> str:
+        return services[service]["environment"].get("DMLC_ROLE", "state-server")
+
+    state_cmd = state_server_command()
+    state = procs.start(
+        "stateserver",
+        "state-server",
+        host_of("stateserver").wrap([PYTHON, *state_cmd[1:]]),
+        env_of("stateserver"),
+        str(ROOT),
+    )
+    worker_flags = services[roles["worker"][0]]["command"]
+    url = (
+        f"http://{flag_value(worker_flags, '-ip')}:{flag_value(worker_flags, '-port')}/status.json"
+    )
+    host_of(roles["worker"][0]).wait_http(url, state, timeout=60)
+    for service in roles["scheduler"] + roles["server"]:
+        procs.start(
+            service,
+            role_of(service),
+            host_of(service).wrap([*main_py, *services[service]["command"]]),
+            env_of(service),
+            str(ROOT),
+        )
+    for service in roles["worker"]:
+        flags = with_flags(
+            services[service]["command"], {"-ld": str(log_dir), "--rounds": str(rounds)}
+        )
+        argv = host_of(service).wrap([*main_py, *flags])
+        procs.start(service, "worker", argv, env_of(service), str(ROOT))
+    return state, worker_flags
+
+
 def test_compose_file_on_emulated_hosts(tmp_path: Path) -> None:
     services, roles, main_py, token, log_dir = _deployment(tmp_path)
     rounds = 3 * ROUNDS
@@ -262,44 +327,10 @@ def test_compose_file_on_emulated_hosts(tmp_path: Path) -> None:
         with netns.Network(
             [svc["hostname"] for svc in services.values()], nic=nic, resolve_names=True
         ) as net:
-
-            def env_of(service: str) -> dict[str, str]:
-                return _env(_interpolate(services[service]["environment"], {"ESYNC_TOKEN": token}))
-
-            def host_of(service: str) -> netns.Host:
-                return net.hosts[services[service]["hostname"]]
-
-            def role_of(service: str) -> str:
-                return services[service]["environment"].get("DMLC_ROLE", "state-server")
-
-            state_cmd = state_server_command()
-            state = procs.start(
-                "stateserver",
-                "state-server",
-                host_of("stateserver").wrap([PYTHON, *state_cmd[1:]]),
-                env_of("stateserver"),
-                str(ROOT),
+            state, worker_flags = _start_compose_services(
+                procs, net, services, roles, (main_py, token, log_dir, rounds)
             )
-            worker_flags = services[roles["worker"][0]]["command"]
-            url = (
-                f"http://{flag_value(worker_flags, '-ip')}:"
-                f"{flag_value(worker_flags, '-port')}/status.json"
-            )
-            host_of(roles["worker"][0]).wait_http(url, state, timeout=60)
-            for service in roles["scheduler"] + roles["server"]:
-                procs.start(
-                    service,
-                    role_of(service),
-                    host_of(service).wrap([*main_py, *services[service]["command"]]),
-                    env_of(service),
-                    str(ROOT),
-                )
-            for service in roles["worker"]:
-                flags = with_flags(
-                    services[service]["command"], {"-ld": str(log_dir), "--rounds": str(rounds)}
-                )
-                argv = host_of(service).wrap([*main_py, *flags])
-                procs.start(service, "worker", argv, env_of(service), str(ROOT))
+            host_of = _host_of(net, services)
             _supervise(procs, started + TIMEOUT_S)
             assert state.poll() is None, f"the State Server died: {state.describe_exit()}"
             traffic = {

@@ -212,6 +212,57 @@ def _records(mode_dir: Path, rounds: int) -> list[dict]:
     return metas
 
 
+def _run_to_the_end(
+    procs: netns.Processes, net: netns.Network, common: list[str], ssh: SshHosts, log_dir: Path
+) -> None:
+    """A run to its end: the services on the first host, workers on both; records, summary
+    and report."""
+    a, workers = net.hosts["hostA"], [net.hosts[h] for h in HOSTS]
+    mode_dir = log_dir / "lenet" / "esync"
+    flags = ["--rounds", "6", "-e", "3", "--services-on", "first"]
+    run = _launch(procs, a, "launch-1", [*common, *flags])
+    assert _wait(run) == 0, run.tail(60)
+    out = run.tail(100000)
+    assert f"services on hostB at {net.hosts['hostB'].address}" in out
+    assert "hostB: [worker" in out and "hostC: [worker" in out
+    assert "rank 0 ran on host" in out
+    _assert_hosts_clean(workers, ssh.sshd)
+    metas = _records(mode_dir, 6)
+    assert {m["host"] for m in metas} == set(HOSTS)
+    res = run_py(["summary.py", "-b", str(log_dir), "-n", "lenet", "-m", "esync"])
+    assert res.returncode == 0, res.stderr
+    assert json.loads((mode_dir / "summary.json").read_text())["num_workers"] == 4
+    res = run_py(["report.py", "-b", str(log_dir), "-n", "lenet", "--target", "0.3"])
+    assert res.returncode == 0, res.stderr
+    assert "esync" in (log_dir / "lenet" / "report.md").read_text()
+
+
+def _kill_restart_resume(
+    procs: netns.Processes, net: netns.Network, common: list[str], ssh: SshHosts, log_dir: Path
+) -> None:
+    """A worker killed on host C: the cluster restarts once from the checkpoint and resumes."""
+    a, workers = net.hosts["hostA"], [net.hosts[h] for h in HOSTS]
+    mode_dir = log_dir / "lenet" / "esync"
+    flags = ["--rounds", "16", "-e", "2", "--checkpoint-every", "2", "--max-restarts", "1"]
+    run = _launch(procs, a, "launch-2", [*common, *flags])
+    _wait_for_line(run, "[Iteration 4]")
+    victim = next(  # a worker's python, not the shell around it
+        p for p, cmd in _netns_pids(net.hosts["hostC"]).items()
+        if cmd.split()[:2] == [PYTHON, "main.py"]
+    )  # fmt: skip
+    subprocess.run(["ip", "netns", "exec", net.hosts["hostC"].netns, "kill", "-9",
+                    str(victim)], check=True)  # fmt: skip
+    assert _wait(run) == 0, run.tail(80)
+    out = run.tail(100000)
+    assert "restart 1 of 1" in out and "exited with code 137" in out
+    resumed = [line for line in out.splitlines() if "resumed after round" in line]
+    assert len(resumed) == 4, out
+    assert all(int(line.rsplit(" ", 1)[1]) >= 2 for line in resumed), resumed
+    _assert_hosts_clean(workers, ssh.sshd)
+    metas = _records(mode_dir, 16)
+    assert all(m.get("resumed") for m in metas)
+
+
 @pytest.mark.slow
 @pytest.mark.netns
 @pytest.mark.skipif(not OK, reason=f"emulated hosts: {WHY}")
@@ -237,47 +288,13 @@ def test_launch_over_ssh_on_emulated_hosts(tmp_path: Path) -> None:
             ssh.wait_ready(a, list(HOSTS))
             common = ["-H", str(hostfile), "--interface", net.nic, *ssh.ssh_options()]
             common += ["-m", "esync", "-n", "lenet", "-ld", str(log_dir), "--timeout", "90"]
-            mode_dir = log_dir / "lenet" / "esync"
 
             t0 = time.monotonic()
-            flags = ["--rounds", "6", "-e", "3", "--services-on", "first"]
-            run = _launch(procs, a, "launch-1", [*common, *flags])
-            assert _wait(run) == 0, run.tail(60)
+            _run_to_the_end(procs, net, common, ssh, log_dir)
             timings["run to the end"] = time.monotonic() - t0
-            out = run.tail(100000)
-            assert f"services on hostB at {net.hosts['hostB'].address}" in out
-            assert "hostB: [worker" in out and "hostC: [worker" in out
-            assert "rank 0 ran on host" in out
-            _assert_hosts_clean(workers, ssh.sshd)
-            metas = _records(mode_dir, 6)
-            assert {m["host"] for m in metas} == set(HOSTS)
-            res = run_py(["summary.py", "-b", str(log_dir), "-n", "lenet", "-m", "esync"])
-            assert res.returncode == 0, res.stderr
-            assert json.loads((mode_dir / "summary.json").read_text())["num_workers"] == 4
-            res = run_py(["report.py", "-b", str(log_dir), "-n", "lenet", "--target", "0.3"])
-            assert res.returncode == 0, res.stderr
-            assert "esync" in (log_dir / "lenet" / "report.md").read_text()
-
             t0 = time.monotonic()
-            flags = ["--rounds", "16", "-e", "2", "--checkpoint-every", "2", "--max-restarts", "1"]
-            run = _launch(procs, a, "launch-2", [*common, *flags])
-            _wait_for_line(run, "[Iteration 4]")
-            victim = next(  # a worker's python, not the shell around it
-                p for p, cmd in _netns_pids(net.hosts["hostC"]).items()
-                if cmd.split()[:2] == [PYTHON, "main.py"]
-            )  # fmt: skip
-            subprocess.run(["ip", "netns", "exec", net.hosts["hostC"].netns, "kill", "-9",
-                            str(victim)], check=True)  # fmt: skip
-            assert _wait(run) == 0, run.tail(80)
+            _kill_restart_resume(procs, net, common, ssh, log_dir)
             timings["kill, restart, resume"] = time.monotonic() - t0
-            out = run.tail(100000)
-            assert "restart 1 of 1" in out and "exited with code 137" in out
-            resumed = [line for line in out.splitlines() if "resumed after round" in line]
-            assert len(resumed) == 4, out
-            assert all(int(line.rsplit(" ", 1)[1]) >= 2 for line in resumed), resumed
-            _assert_hosts_clean(workers, ssh.sshd)
-            metas = _records(mode_dir, 16)
-            assert all(m.get("resumed") for m in metas)
 
             t0 = time.monotonic()
             run = _launch(procs, a, "launch-3", [*common, "--rounds", "100000"])

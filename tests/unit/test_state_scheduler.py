@@ -397,6 +397,45 @@ def test_snapshot_and_upstream_view() -> None:
 # --- liveness: simulated runs with a synchronisation barrier ----------------------------
 
 
+class _SimulatedRun:
+    """The state of :func:`simulate`'s workers and server between events."""
+
+    def __init__(self, caps: list[float], eps: float, restarts: tuple[float, ...]) -> None:
+        self.caps, self.eps, self.n = caps, eps, len(caps)
+        self.sched = Scheduler()
+        self.sched.init(self.n, eps)
+        self.k, self.c_known, self.te = [0] * self.n, [0.0] * self.n, [0.0] * self.n
+        self.round_of, self.round_start = [0] * self.n, [0.0] * self.n
+        self.pending = sorted(restarts)
+
+    def call(self, method: str, r: int, now: float, *args: object) -> object:
+        """``method`` on the server; refused as not initialised, rank ``r`` re-registers as
+        the ESync strategy does (rejoin, reset into its round) and repeats it."""
+        if self.pending and now >= self.pending[0]:
+            self.pending.pop(0)
+            self.sched = Scheduler()  # the server lost its state
+        try:
+            return getattr(self.sched, method)(*args, now)
+        except NotInitializedError:
+            self.sched.rejoin(self.n, self.eps)
+            self.sched.reset(r, self.round_of[r], self.round_start[r], now)
+            return getattr(self.sched, method)(*args, now)
+
+    def step(self, now: float, r: int, kind: str, t: int) -> tuple[float, int, str, int] | None:
+        """Rank ``r``'s event: its next event, or None when it reached the barrier."""
+        if kind == "reset":
+            self.round_of[r], self.round_start[r] = t, now
+            self.call("reset", r, now, r, t, now)
+            self.k[r], self.te[r] = 0, now
+            return (now, r, "query", t)
+        if self.call("query", r, now, r, self.k[r], self.c_known[r], self.te[r]) == COMPUTE:
+            self.k[r] += 1
+            self.c_known[r] = self.caps[r]
+            self.te[r] = now + self.caps[r]
+            return (self.te[r], r, "query", t)
+        return None
+
+
 def simulate(
     caps: list[float],
     eps: float,
@@ -417,48 +456,24 @@ def simulate(
     (rejoin, reset into its round with the round's start time) and repeats the message.
     """
     rng = random.Random(seed)
-    n = len(caps)
-    sched = Scheduler()
-    sched.init(n, eps)
-    k, c_known, te = [0] * n, [0.0] * n, [0.0] * n
-    round_of, round_start = [0] * n, [0.0] * n
-    pending = sorted(restarts)
+    run = _SimulatedRun(caps, eps, restarts)
+    n = run.n
     arrivals: dict[int, float] = {}
     per_round: list[list[int]] = []
     events = [(start_lag[r], r, "reset", 1) for r in range(n)]
     heapq.heapify(events)
     budget = 200 * rounds * n
-
-    def call(method: str, r: int, now: float, *args: object) -> object:
-        try:
-            return getattr(sched, method)(*args, now)
-        except NotInitializedError:
-            sched.rejoin(n, eps)
-            sched.reset(r, round_of[r], round_start[r], now)
-            return getattr(sched, method)(*args, now)
-
     while events and len(per_round) < rounds:
         budget -= 1
         assert budget > 0, f"livelock: rounds done {per_round}"
         now, r, kind, t = heapq.heappop(events)
-        if pending and now >= pending[0]:
-            pending.pop(0)
-            sched = Scheduler()
-        if kind == "reset":
-            round_of[r], round_start[r] = t, now
-            call("reset", r, now, r, t, now)
-            k[r], te[r] = 0, now
-            heapq.heappush(events, (now, r, "query", t))
-            continue
-        if call("query", r, now, r, k[r], c_known[r], te[r]) == COMPUTE:
-            k[r] += 1
-            c_known[r] = caps[r]
-            te[r] = now + caps[r]
-            heapq.heappush(events, (te[r], r, "query", t))
+        following = run.step(now, r, kind, t)
+        if following is not None:
+            heapq.heappush(events, following)
             continue
         arrivals[r] = now
         if len(arrivals) == n:
-            per_round.append([k[i] for i in range(n)])
+            per_round.append(list(run.k))
             done = max(arrivals.values())
             arrivals.clear()
             for i in range(n):
