@@ -14,7 +14,15 @@ the dead node and says how to resume:
   node id (worker r is node 9 + 2r, server r is 8 + 2r), so it can name the rank; the server
   and the workers ask about the scheduler (node 1), which exits when anything else died. A
   dead worker or server is thus noticed in two stages, a dead scheduler in one; each stage
-  is at most ``stage_timeout + 1`` s plus one poll, and two of them fit in the timeout.
+  is at most ``stage_timeout + 1`` s plus one poll plus the confirmation, and two of them fit
+  in the timeout.
+* **No false alarms**: ps-lite counts a node with no heartbeat yet as dead as soon as its own
+  start is ``stage`` s old, so a slow join (a loaded machine, slow imports elsewhere) made it
+  report the scheduler dead the moment the cluster was ready, before the first heartbeat
+  could arrive. A node is therefore dead only when ps-lite says so at every poll for
+  ``confirm_seconds`` (two heartbeat intervals and a second), and one that was never seen
+  alive (the start-up: until every node has joined, the join time-out judges, and ps-lite
+  answers nothing before that) for a whole stage more.
 * **No-progress guard** (needs the training loop's calls): the loop calls ``beat()`` after
   every round and wraps evaluation and checkpoints in ``paused()``; no round for longer than
   the timeout ends the worker, naming what it waited for and, in esync, the workers the State
@@ -44,6 +52,7 @@ EXIT_CODE = 5  # a node of the cluster died (or no round finished within the tim
 POLL_S = 0.5  # how often the watchdog asks ps-lite
 HEARTBEAT_INTERVAL_S = 1  # PS_HEARTBEAT_INTERVAL (ps-lite reads whole seconds)
 MIN_STAGE_INTERVALS = 3  # a node is dead only after this many missed heartbeats at least
+CONFIRM_INTERVALS = 2  # ...and when still reported dead after this many more intervals
 SETTLE_S = 1.0  # scheduler / server: wait this long after ps-lite starts before asking it
 SCHEDULER_ID = 1  # ps-lite node ids: scheduler 1, server r 8 + 2r, worker r 9 + 2r
 RESUME = (
@@ -58,16 +67,24 @@ def parse_interval(text: str | None) -> int:
     return int(match.group(1)) if match else 0
 
 
+def confirm_seconds(interval: int = HEARTBEAT_INTERVAL_S) -> float:
+    """How long ps-lite must keep reporting a node dead before the watchdog believes it: two
+    heartbeat intervals and a second, time for a late first heartbeat (and its answer)."""
+    return CONFIRM_INTERVALS * max(1, interval) + 1.0
+
+
 def stage_timeout(timeout: float, interval: int = HEARTBEAT_INTERVAL_S) -> int:
     """Whole seconds without a heartbeat after which ps-lite counts a node as dead.
 
     A node is found dead at most ``stage + 1`` s after its last heartbeat (ps-lite's clock has
-    whole seconds) plus one poll; a dead worker takes two such stages (the scheduler, then
-    everyone else noticing that the scheduler is gone), so two of them fit in ``timeout``.
+    whole seconds) plus one poll plus :func:`confirm_seconds`; a dead worker takes two such
+    stages (the scheduler, then everyone else noticing that the scheduler is gone), so two of
+    them fit in ``timeout`` (from 20 s up with 1 s heartbeats; below that the floor wins).
     Never less than ``MIN_STAGE_INTERVALS`` heartbeat intervals, so a busy host is not dead.
     """
     floor = MIN_STAGE_INTERVALS * max(1, interval)
-    return max(floor, int((timeout - 2 * (1.0 + POLL_S)) // 2))
+    per_stage_extra = 1.0 + POLL_S + confirm_seconds(interval)
+    return max(floor, int((timeout - 2 * per_stage_extra) // 2))
 
 
 def configure_heartbeats(timeout: float, env: MutableMapping[str, str] = os.environ) -> int:
@@ -167,11 +184,15 @@ class FailureWatchdog:
         exit: Callable[[int], object] = os._exit,
         write: Callable[[str], None] = _write_stderr,
         poll: float = POLL_S,
+        confirm: float | None = None,
     ) -> None:
         self.me, self.role, self.watch = me, role, watch
         self.is_dead, self.stage, self.timeout = is_dead, stage, timeout
         self.active, self.hint, self.waits_for = active, hint, waits_for
         self.clock, self.exit, self.write, self.poll = clock, exit, write, poll
+        self.confirm = confirm_seconds() if confirm is None else confirm
+        self._dead_since: dict[int, float] = {}  # node id -> first of the dead answers in a row
+        self._seen_alive: set[int] = set()  # node ids ps-lite once reported alive
         self._started_at: float | None = None  # when ps-lite was first seen running
         self._last_beat: float | None = None  # None: the no-progress guard is not armed
         self._paused = 0
@@ -219,9 +240,21 @@ class FailureWatchdog:
         """The failure message when the process must exit now, else None."""
         if self._may_ask():
             for node in self.watch:
-                if self.is_dead(node.node_id):
+                if self._confirmed_dead(node.node_id):
                     return self._dead_message(node)
         return self._progress_message()
+
+    def _confirmed_dead(self, node_id: int) -> bool:
+        """ps-lite has reported ``node_id`` dead at every poll for ``confirm`` s (a node never
+        seen alive: for a whole stage more, as its first heartbeat may come late)."""
+        now = self.clock()
+        if not self.is_dead(node_id):
+            self._dead_since.pop(node_id, None)
+            self._seen_alive.add(node_id)
+            return False
+        since = self._dead_since.setdefault(node_id, now)
+        needed = self.confirm if node_id in self._seen_alive else self.confirm + self.stage
+        return now - since >= needed
 
     def _may_ask(self) -> bool:
         """Whether ps-lite can be asked now: it runs, the node ids exist, and not finalising."""
@@ -250,7 +283,8 @@ class FailureWatchdog:
             cause = "it died, or it stopped because another node died (its output names which)"
             after = ""
         return (
-            f"{self.me} FAILURE: {node} sent no heartbeat for {self.stage} s: {cause}"
+            f"{self.me} FAILURE: {node} sent no heartbeat for {self.stage} s (and none in the "
+            f"{self.confirm:g} s after): {cause}"
             f"{self._hint()}.{after} Exiting with code {EXIT_CODE}. To resume: {RESUME}."
         )
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import secrets
 import signal
 import time
 from pathlib import Path
@@ -77,11 +78,12 @@ def _start_cluster(net: netns.Network, procs: netns.Processes, log_dir: Path) ->
     """State Server, scheduler and server on A; two workers on B and two on C."""
     a = net.hosts["hostA"]
     port = 10010
+    token = {supervision.TOKEN_VAR: secrets.token_urlsafe(16)}  # off loopback: one is needed
     state = procs.start(
         "stateserver",
         "state-server",
         a.wrap(supervision.state_server_cmd("runserver", a.address, port)),
-        _env({"ESYNC_ALLOWED_HOSTS": a.address}),
+        _env({"ESYNC_ALLOWED_HOSTS": a.address, **token}),
         str(ROOT),
     )
     net.hosts["hostB"].wait_http(f"http://{a.address}:{port}/status.json", state, 60)
@@ -103,7 +105,7 @@ def _start_cluster(net: netns.Network, procs: netns.Processes, log_dir: Path) ->
     for host_name, slowdowns in WORKERS.items():
         for slowdown in slowdowns:
             argv = [*main_py, *flags, "--slowdown", f"{slowdown:g}"]
-            env = _env({**dmlc, "DMLC_ROLE": "worker"})
+            env = _env({**dmlc, "DMLC_ROLE": "worker", **token})
             procs.start(f"worker{n}-{host_name}", "worker", net.hosts[host_name].wrap(argv), env)
             n += 1
 
