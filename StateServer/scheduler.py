@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from .messages import MAX_NUM_WORKERS
-from .state import INITIAL_ROUND, StateDB, WorkerRecord
+from .state import INITIAL_ROUND, StateDB, WorkerRecord, unreported_row
 
 COMPUTE = "compute"
 SYNC = "sync"
@@ -416,22 +416,7 @@ class Scheduler:
         workers = []
         for rank in range(db.num_workers):
             rec = db.records.get(rank)
-            row = (
-                rec.to_dict()
-                if rec
-                else {
-                    "rank": rank,
-                    "round": None,
-                    "k": 0,
-                    "c": 0.0,
-                    "te": 0.0,
-                    "ready": False,
-                    "told": False,
-                    "last_seen": None,
-                }
-            )
-            row["reported"] = rec is not None
-            workers.append(row)
+            workers.append({**rec.to_dict(), "reported": True} if rec else unreported_row(rank))
         return {
             "initialized": db.initialized,
             "recovering": db.recovering,

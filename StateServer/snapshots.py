@@ -21,7 +21,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any, NamedTuple
 
-from .state import StateDB, WorkerRecord
+from .state import StateDB, WorkerRecord, unreported_row
 
 # A worker's row: t, k, c, te, ready, told, last_seen; None while it has no record.
 Row = tuple[int, int, float, float, bool, bool, float]
@@ -53,19 +53,7 @@ class StateSnapshot(NamedTuple):
         workers = []
         for rank, row in enumerate(self.rows):
             if row is None:
-                workers.append(
-                    {
-                        "rank": rank,
-                        "round": None,
-                        "k": 0,
-                        "c": 0.0,
-                        "te": 0.0,
-                        "ready": False,
-                        "told": False,
-                        "last_seen": None,
-                        "reported": False,
-                    }
-                )
+                workers.append(unreported_row(rank))
                 continue
             t, k, c, te, ready, told, last_seen = row
             workers.append(

@@ -38,6 +38,21 @@ class WorkerRecord:
         }
 
 
+def unreported_row(rank: int) -> dict[str, Any]:
+    """A status row of a rank the server has no record of (yet)."""
+    return {
+        "rank": rank,
+        "round": None,
+        "k": 0,
+        "c": 0.0,
+        "te": 0.0,
+        "ready": False,
+        "told": False,
+        "last_seen": None,
+        "reported": False,
+    }
+
+
 @dataclass(slots=True)
 class StateDB:
     """All state of one run: parameters, the current round and the records table."""

@@ -120,25 +120,17 @@ def _port_free(port: int) -> bool:
         return sock.connect_ex(("127.0.0.1", port)) != 0
 
 
+def _endless_run(log_dir: str, mode: str, slowdowns: str) -> subprocess.Popen:
+    """A 3-worker lenet run of ``mode`` that goes on until the test stops it."""
+    flags = ["-n", "lenet", "-w", "3", "--slowdowns", slowdowns, "-m", mode]
+    return start_launcher(log_dir, *flags, "--rounds", "100000")
+
+
 def test_ctrl_c_stops_every_process(log_dir: str) -> None:
-    proc = start_launcher(
-        log_dir,
-        "-n",
-        "lenet",
-        "-w",
-        "3",
-        "--slowdowns",
-        "1,1,4",
-        "-m",
-        "esync",
-        "--rounds",
-        "100000",
-    )
+    proc = _endless_run(log_dir, "esync", "1,1,4")
     try:
         pids = _wait_for_rounds(log_dir, "esync", proc)
         ports = []
-        for name in ("scheduler.log",):
-            del name
         state_log = os.path.join(log_dir, "processes", "lenet", "esync", "state-server.log")
         assert os.path.exists(state_log)
         cmdline = open(f"/proc/{pids['state-server']}/cmdline").read().split("\0")
@@ -155,19 +147,7 @@ def test_ctrl_c_stops_every_process(log_dir: str) -> None:
 
 
 def test_dead_worker_stops_the_run_and_names_its_rank(log_dir: str) -> None:
-    proc = start_launcher(
-        log_dir,
-        "-n",
-        "lenet",
-        "-w",
-        "3",
-        "--slowdowns",
-        "1,1,1",
-        "-m",
-        "sync",
-        "--rounds",
-        "100000",
-    )
+    proc = _endless_run(log_dir, "sync", "1,1,1")
     try:
         pids = _wait_for_rounds(log_dir, "sync", proc)
         os.kill(pids["worker1"], signal.SIGKILL)

@@ -59,27 +59,12 @@ from StateServer.scheduler import (  # noqa: E402
     parse_cluster_size,
 )
 from StateServer.stateserver import views  # noqa: E402
+from tests.support.engine import send  # noqa: E402
 
 N = 4
 EPS = 0.05
 CAPS = [0.1, 0.2, 0.2, 0.8]  # rank 3 is the slowest
 T0 = 1_000.0
-
-
-class Job:
-    """What the engine needs of a queued message."""
-
-    def __init__(self, msg: object) -> None:
-        self.msg, self.result, self.error, self.done = msg, None, None, False
-
-    def finish(self) -> None:
-        self.done = True
-
-
-def send(engine: Engine, msg: object, now: float) -> Job:
-    job = Job(msg)
-    engine.handle(job, now)
-    return job
 
 
 def served(size: int | None = N) -> Engine:

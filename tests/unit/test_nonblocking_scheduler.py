@@ -22,6 +22,7 @@ from StateServer.scheduler import (
     sync_deadline,
 )
 from StateServer.state import WorkerRecord
+from tests.support.engine import Job, send
 
 TICK = 1 / 64  # dyadic times: the comparisons below are exact in floating point
 
@@ -127,20 +128,6 @@ def test_the_incremental_slowest_is_the_brute_force_argmax() -> None:
 
 
 # --- hold semantics -----------------------------------------------------------------------
-
-
-class Job:
-    def __init__(self, msg: object) -> None:
-        self.msg, self.result, self.error, self.done = msg, None, None, False
-
-    def finish(self) -> None:
-        self.done = True
-
-
-def send(engine: Engine, msg: object, now: float) -> Job:
-    job = Job(msg)
-    engine.handle(job, now)
-    return job
 
 
 def started(caps: list[float], eps: float = 0.0, t0: float = 100.0) -> Engine:
