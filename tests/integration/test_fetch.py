@@ -226,13 +226,20 @@ def test_fetch_cifar10_unpacks_for_the_loader(server, tmp_path, monkeypatch, cap
 # --- resuming --------------------------------------------------------------------------------
 
 
+def fashion_part(root: Path, name: str, prefix: bytes) -> Path:
+    """The Fashion-MNIST folder below ``root`` with ``prefix`` as an interrupted download of
+    ``name`` (its ``.part`` file)."""
+    folder = root / "FashionMNIST"
+    folder.mkdir()
+    (folder / (name + ".part")).write_bytes(prefix)
+    return folder
+
+
 def test_partial_download_is_resumed_with_a_range_request(server, tmp_path, monkeypatch, capsys):
     files = fashion_files()
     use_files(monkeypatch, server, files)
-    folder = tmp_path / "FashionMNIST"
-    folder.mkdir()
     half = len(files[TRAIN_IMAGES]) // 2
-    (folder / (TRAIN_IMAGES + ".part")).write_bytes(files[TRAIN_IMAGES][:half])
+    folder = fashion_part(tmp_path, TRAIN_IMAGES, files[TRAIN_IMAGES][:half])
     assert run(server, "fashion-mnist", tmp_path) == 0
     assert server.seen(TRAIN_IMAGES) == [f"bytes={half}-"]
     assert (folder / TRAIN_IMAGES).read_bytes() == files[TRAIN_IMAGES]
@@ -256,9 +263,7 @@ def test_server_ignoring_range_restarts_from_scratch(server, tmp_path, monkeypat
     files = fashion_files()
     use_files(monkeypatch, server, files)
     server.ignore_range.add(TRAIN_LABELS)
-    folder = tmp_path / "FashionMNIST"
-    folder.mkdir()
-    (folder / (TRAIN_LABELS + ".part")).write_bytes(files[TRAIN_LABELS][:10])
+    folder = fashion_part(tmp_path, TRAIN_LABELS, files[TRAIN_LABELS][:10])
     assert run(server, "fashion-mnist", tmp_path) == 0
     assert server.seen(TRAIN_LABELS) == ["bytes=10-"]  # asked to resume, got a 200
     assert (folder / TRAIN_LABELS).read_bytes() == files[TRAIN_LABELS]  # not appended
@@ -268,9 +273,7 @@ def test_server_ignoring_range_restarts_from_scratch(server, tmp_path, monkeypat
 def test_wrong_checksum_after_resume_restarts_once(server, tmp_path, monkeypatch, capsys):
     files = fashion_files()
     use_files(monkeypatch, server, files)
-    folder = tmp_path / "FashionMNIST"
-    folder.mkdir()
-    (folder / (TRAIN_IMAGES + ".part")).write_bytes(b"not the right prefix")
+    folder = fashion_part(tmp_path, TRAIN_IMAGES, b"not the right prefix")
     assert run(server, "fashion-mnist", tmp_path) == 0
     assert server.seen(TRAIN_IMAGES) == ["bytes=20-", None]
     assert (folder / TRAIN_IMAGES).read_bytes() == files[TRAIN_IMAGES]
@@ -280,9 +283,7 @@ def test_wrong_checksum_after_resume_restarts_once(server, tmp_path, monkeypatch
 def test_complete_part_file_is_only_verified(server, tmp_path, monkeypatch):
     files = fashion_files()
     use_files(monkeypatch, server, files)
-    folder = tmp_path / "FashionMNIST"
-    folder.mkdir()
-    (folder / (TRAIN_IMAGES + ".part")).write_bytes(files[TRAIN_IMAGES])
+    folder = fashion_part(tmp_path, TRAIN_IMAGES, files[TRAIN_IMAGES])
     assert run(server, "fashion-mnist", tmp_path) == 0
     assert server.seen(TRAIN_IMAGES) == [f"bytes={len(files[TRAIN_IMAGES])}-"]  # answered 416
     assert (folder / TRAIN_IMAGES).read_bytes() == files[TRAIN_IMAGES]

@@ -29,7 +29,7 @@ django.setup()
 from django.test import RequestFactory, override_settings  # noqa: E402
 
 from launcher import local, supervision  # noqa: E402
-from StateServer import httpapi  # noqa: E402
+from StateServer import httpapi, messages  # noqa: E402
 from StateServer.dispatcher import Dispatcher, Engine  # noqa: E402
 from StateServer.messages import (  # noqa: E402
     MAX_INT,
@@ -38,10 +38,7 @@ from StateServer.messages import (  # noqa: E402
     InitMsg,
     MessageError,
     QueryMsg,
-    ReportMsg,
     ResetMsg,
-    decode_json,
-    message_to_dict,
     parse_fields,
     parse_message,
 )
@@ -179,7 +176,7 @@ def test_a_rank_at_or_above_the_cluster_size_is_a_400(rank: int) -> None:
     engine, now = in_round_2()
     for msg in (
         ResetMsg(rank, 2, now),
-        ReportMsg(rank, 1, 0.1, now),
+        messages.ReportMsg(rank, 1, 0.1, now),
         QueryMsg(rank, 1, 0.1, now),
         HoldMsg(rank, 2, 1, 0.1, now),
     ):
@@ -248,7 +245,7 @@ def test_every_number_is_finite_and_bounded(name: str, bad: str) -> None:
     if isinstance(value, float) and not math.isfinite(value):  # and never reach the parser
         body = json.dumps({**base, name: value}).encode()  # NaN / Infinity literals
         with pytest.raises(MessageError, match="not a number in JSON"):
-            decode_json(body)
+            messages.decode_json(body)
 
 
 def test_the_form_routes_refuse_nan_and_inf_too() -> None:
@@ -509,7 +506,7 @@ def test_the_upstream_routes_refuse_with_a_json_409(
 def test_the_wire_form_of_a_probe_is_a_valid_message() -> None:
     """The probes are well formed (so only the bounds can refuse them)."""
     for msg in (InitMsg(10_000, 0.0), ResetMsg(0, MAX_INT, T0), HoldMsg(0, MAX_INT, 0, 0.1, T0)):
-        assert parse_message(message_to_dict(msg)) == msg
+        assert parse_message(messages.message_to_dict(msg)) == msg
 
 
 # --- the launcher's side ----------------------------------------------------------------------

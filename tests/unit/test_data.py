@@ -114,17 +114,6 @@ def test_fashion_missing_directory(tmp_path: Path) -> None:
     assert "never downloads" in msg
 
 
-def test_fashion_missing_single_file(tmp_path: Path) -> None:
-    folder = tmp_path / "FashionMNIST"
-    write_fashion(folder)
-    (folder / "t10k-labels-idx1-ubyte.gz").unlink()
-    with pytest.raises(DatasetError) as err:
-        load_dataset("fashion-mnist", str(tmp_path))
-    msg = str(err.value)
-    assert str(folder) in msg and "missing t10k-labels-idx1-ubyte" in msg
-    assert "train-images-idx3-ubyte.gz" in msg  # lists the full expected set
-
-
 def _corrupt_wrong_magic(folder: Path) -> str:
     name = "train-images-idx3-ubyte.gz"
     labels = np.zeros(7, dtype=np.uint8)
@@ -240,14 +229,29 @@ def test_cifar_missing_directory(tmp_path: Path) -> None:
     assert "never downloads" in msg
 
 
-def test_cifar_missing_single_batch(tmp_path: Path) -> None:
-    folder = tmp_path / "cifar-10-batches-py"
-    write_cifar(folder)
-    (folder / "data_batch_4").unlink()
+@pytest.mark.parametrize(
+    ("dataset", "folder_name", "missing", "listed"),
+    [  # listed: a file the message names too, as part of the full expected set
+        (
+            "fashion-mnist",
+            "FashionMNIST",
+            "t10k-labels-idx1-ubyte.gz",
+            "train-images-idx3-ubyte.gz",
+        ),
+        ("cifar10", "cifar-10-batches-py", "data_batch_4", None),
+    ],
+)
+def test_one_missing_file_is_named(
+    tmp_path: Path, dataset: str, folder_name: str, missing: str, listed: str | None
+) -> None:
+    folder = tmp_path / folder_name
+    (write_fashion if dataset == "fashion-mnist" else write_cifar)(folder)
+    (folder / missing).unlink()
     with pytest.raises(DatasetError) as err:
-        load_dataset("cifar10", str(tmp_path))
+        load_dataset(dataset, str(tmp_path))
     msg = str(err.value)
-    assert str(folder) in msg and "missing data_batch_4" in msg
+    assert str(folder) in msg and f"missing {missing.removesuffix('.gz')}" in msg
+    assert listed is None or listed in msg
 
 
 class _Evil:
