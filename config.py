@@ -28,6 +28,12 @@ CHECKSUM_EVERY_ROUNDS = 1  # --checksum-every: CRC32 of the global parameters (0
 CHECKPOINT_EVERY_ROUNDS = 20  # --checkpoint-every: write a checkpoint every N rounds (0: never)
 CHECKPOINTS_KEPT = 3  # the newest checkpoints kept; older ones are deleted
 
+# Exit codes of main.py (docs/faults.md). launch.py's --max-restarts does not restart after
+# the ones a restart cannot fix.
+EXIT_USAGE = 2  # a bad flag, data set or cluster setting, or a checkpoint of another run
+EXIT_DISK_FULL = 6  # a checkpoint, model or record could not be written: no space left
+EXIT_NOT_RETRIED = (EXIT_USAGE, EXIT_DISK_FULL)
+
 # --- algorithms -----------------------------------------------------------------------
 # Each algorithm's own defaults are attributes of its strategy class (trainer/modes.py,
 # trainer/federated.py) and of its pacing policy (trainer/pacing.py), next to its flags.

@@ -101,7 +101,8 @@ def main(argv: list[str] | None = None) -> int:
 
 def _train(args, distributed: bool) -> int:
     """Train (or ``--evaluate``); errors become exit codes with one clear message."""
-    from trainer.checkpoint import CheckpointError
+    import config
+    from trainer.checkpoint import DISK_FULL_ERRNOS, CheckpointError, DiskFullError
     from trainer.cluster import ClusterConfigError as ConfigError
     from trainer.loop import evaluate_saved, run
     from trainer.state_client import StateServerError
@@ -109,11 +110,15 @@ def _train(args, distributed: bool) -> int:
 
     try:
         return evaluate_saved(args) if args.evaluate else run(args, distributed=distributed)
+    except DiskFullError as exc:
+        return _fail(f"error: {exc}", config.EXIT_DISK_FULL, distributed)
     except (DatasetError, ConfigError, CheckpointError) as exc:
-        return _fail(f"error: {exc}", 2, distributed)
+        return _fail(f"error: {exc}", config.EXIT_USAGE, distributed)
     except StateServerError as exc:
         return _fail(f"error: State Server: {exc}", 4, distributed)
-    except Exception:
+    except Exception as exc:
+        if isinstance(exc, OSError) and exc.errno in DISK_FULL_ERRNOS:  # records, logs
+            return _fail(f"error: the disk is full: {exc}", config.EXIT_DISK_FULL, distributed)
         if not distributed:
             raise
         import traceback

@@ -87,6 +87,14 @@ def run_attempts(run: ModeRun, proc_dir: Path, flags: list[str]) -> None:
         except LaunchError as exc:
             if attempt == limit:
                 raise
+            if exc.exit_code in config.EXIT_NOT_RETRIED:
+                print(
+                    f"launch: exit code {exc.exit_code} is not restarted: a restart cannot fix "
+                    "it (docs/faults.md)",
+                    file=sys.stderr,
+                    flush=True,
+                )
+                raise
             announce_restart(exc, attempt + 1, limit, Path(run.progress.mode_dir), run.plan)
 
 

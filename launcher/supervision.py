@@ -42,7 +42,12 @@ _ECHO_LOCK = threading.Lock()  # one echoed line at a time on this terminal
 
 
 class LaunchError(Exception):
-    """A process failed or did not come up; the message says which and why."""
+    """A process failed or did not come up; the message says which and why. ``exit_code``:
+    the failed process's, when one exited."""
+
+    def __init__(self, message: str, exit_code: int | None = None) -> None:
+        super().__init__(message)
+        self.exit_code = exit_code
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -328,7 +333,7 @@ class Cluster:
         for p in self.procs:
             code = p.poll()
             if code not in (None, 0) or (code == 0 and p.role == "state-server"):
-                raise LaunchError(p.describe_exit())
+                raise LaunchError(p.describe_exit(), exit_code=code)
 
     def __enter__(self) -> Cluster:
         return self

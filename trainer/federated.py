@@ -29,7 +29,7 @@ from argtypes import Option, momentum, non_negative_float, unit_interval
 from trainer import aggregate
 from trainer.modes import ESync, KVExchange, ModelAveraging, Sums, init_server
 from trainer.pacing import FixedSteps
-from trainer.strategy import Model, Strategy
+from trainer.strategy import Model, Strategy, named_arrays
 from trainer.types import RoundStats
 
 
@@ -133,8 +133,8 @@ class ESyncM(ESync):
     every round; what the slow ones add points the same way round after round, so momentum
     accumulates it (up to 1 / (1 - beta) times) while the alternating drift averages out.
     Every worker pulls the same sums and keeps its own v, so v costs no traffic and is
-    bit-identical everywhere (checksums). v is not in checkpoints: a resumed run restarts it
-    from 0, like DC-ASGD's server state.
+    bit-identical everywhere (checksums). v is in every worker's checkpoint, so a resumed
+    run goes on with it.
     """
 
     server_momentum: ClassVar[float] = 0.8  # docs/reproduction.md
@@ -149,6 +149,10 @@ class ESyncM(ESync):
     def setup(self, model: Model, kv: mx.kv.KVStore | None) -> None:
         super().setup(model, kv)
         self.velocity = [mx.nd.zeros(w.shape, w.context, dtype=w.dtype) for w in model.params]
+        self.restore_into("velocity", self.velocity)
+
+    def state_arrays(self) -> dict[str, mx.nd.NDArray]:
+        return named_arrays(velocity=self.velocity)
 
     def global_step(self, model: Model, sums: Sums) -> None:
         aggregate.momentum_global_step(
@@ -189,7 +193,16 @@ class ESyncScaffold(ESync):
         self.corrections = [c.copy() for c in zeros]  # c - c_i, fixed within a round
         self.gradient_sums = [c.copy() for c in zeros]
         self.steps = 0
+        for name, arrays in self._variates().items():
+            self.restore_into(name, arrays)
         return [c.copy() for c in zeros]
+
+    def _variates(self) -> dict[str, list[mx.nd.NDArray]]:
+        # the gradient sums are zero at every round's end, where checkpoints are taken
+        return {"c_local": self.c_local, "c_global": self.c_global, "corrections": self.corrections}
+
+    def state_arrays(self) -> dict[str, mx.nd.NDArray]:
+        return named_arrays(**self._variates())
 
     def local_update(self, model: Model) -> None:
         scale = self.batch_scale()  # the mean gradient, a smaller last batch too
@@ -285,7 +298,8 @@ class VersionedAsync(Strategy):
         self.arrays = model.params + model.aux
         self.pulled = [a.copy() for a in self.arrays]
         self.buffers = [mx.nd.zeros((a.size + 1,), a.context, dtype=a.dtype) for a in self.arrays]
-        self._pack(self.arrays)  # rank 0's weights, version 0
+        self._pack(self.arrays)  # rank 0's weights, version 0 (or the checkpoint's)
+        self.restore_into("version", [buf[buf.size - 1 :] for buf in self.buffers])
         self.exchange = KVExchange(kv, self.buffers)
         init_server(kv, self.exchange.keys, self.buffers, self.server_optimizer())
         kv.pull(self.exchange.keys, out=self.buffers)
@@ -301,6 +315,11 @@ class VersionedAsync(Strategy):
         self._unpack()
         stats.extra["server_version"] = self.version()
         return stop
+
+    def state_arrays(self) -> dict[str, mx.nd.NDArray]:
+        """The version of every key as this worker last pulled it (rank 0's seed the
+        restarted server's counters)."""
+        return named_arrays(version=[buf[buf.size - 1 :] for buf in self.buffers])
 
     def version(self) -> int:
         """The server version of key 0 in the last pull."""

@@ -5,6 +5,7 @@
     <log_dir>/<network>/<mode-dir>/model.params, model.json           (the final model)
     <log_dir>/<network>/<mode-dir>/checkpoints/round-<N>.params, .json   (rank 0)
     <log_dir>/<network>/<mode-dir>/checkpoints/round-<N>.rank<r>.json    (every worker)
+    <log_dir>/<network>/<mode-dir>/checkpoints/round-<N>.rank<r>.params  (a worker with arrays)
     <log_dir>/processes/<network>/<mode-dir>/<process>.log, pids.json
 
 ``<mode-dir>`` is the mode's registry name, with ``-niid`` appended for the split-by-class
@@ -91,6 +92,12 @@ def checkpoint_files(folder: str | os.PathLike[str], round_no: int) -> tuple[Pat
 def worker_state_file(folder: str | os.PathLike[str], round_no: int, rank: int) -> Path:
     """One worker's own part of a checkpoint (its data order position, its clock)."""
     return Path(folder) / f"round-{round_no:08d}.rank{rank}.json"
+
+
+def worker_arrays_file(folder: str | os.PathLike[str], round_no: int, rank: int) -> Path:
+    """One worker's arrays in a checkpoint (its algorithm's state: control variates,
+    velocity), MXNet's NDArray format."""
+    return Path(folder) / f"round-{round_no:08d}.rank{rank}.params"
 
 
 def checkpoint_rounds(folder: str | os.PathLike[str]) -> list[int]:

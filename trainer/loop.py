@@ -16,7 +16,13 @@ from mxnet import autograd, gluon
 
 import config
 from trainer import calibrate, registry
-from trainer.checkpoint import Checkpointer, CheckpointError, read_json, save_parameters
+from trainer.checkpoint import (
+    Checkpointer,
+    CheckpointError,
+    newest_held_by_all,
+    read_json,
+    save_parameters,
+)
 from trainer.cluster import JoinWatchdog, create_kvstore
 from trainer.evaluator import Evaluation, Evaluations, child_argv
 from trainer.layout import (
@@ -140,8 +146,9 @@ class Worker:
         )
 
     def end_round(self, round_no: int, stats: RoundStats, stop: bool, started: float) -> None:
-        """Evaluate (rank 0), checksum, and write the round's record, stamped with the device
-        time at which the round ended (evaluation and checkpoints come after it)."""
+        """Evaluate (rank 0), checksum, checkpoint, and write the round's record, stamped with
+        the device time at which the round ended (evaluation and checkpoints come after it).
+        The checkpoint holds the record too: a worker killed between the two gets it back."""
         args = self.args
         round_time = self.log.elapsed()
         if self.evals is not None:
@@ -149,11 +156,12 @@ class Worker:
         every = args.checksum_every
         if self.mode.synchronous and every > 0 and (round_no % every == 0 or stop):
             stats.extra["checksum"] = self.model.checksum()
-        if self.ckpt.due(round_no, stop):
-            self.save(round_no, stats, stop)
         accounted = stats.compute_s + stats.query_s + stats.comm_s + stats.eval_s
         stats.wait_s = max(0.0, time.perf_counter() - started - accounted)
-        self.log.write(stats.as_record(round_no, round_time))
+        record = stats.as_record(round_no, round_time)
+        if self.ckpt.due(round_no, stop):
+            record["checkpoint_s"] = self.save(round_no, record, stop)
+        self.log.write(record)
 
     def evaluate_round(self, round_no: int, round_time: float, stats: RoundStats, stop: bool):
         """Rank 0: take the evaluations that came back, hand this round's parameters to the
@@ -185,21 +193,31 @@ class Worker:
             flush=True,
         )
 
-    def save(self, round_no: int, stats: RoundStats, stop: bool) -> None:
-        """A checkpoint; after the last round rank 0 also saves the model with its facts."""
+    def save(self, round_no: int, record: dict, stop: bool) -> float:
+        """A checkpoint (the data order, the round's record, the jitter generator, the
+        algorithm's arrays); after the last round rank 0 also saves the model with its
+        facts. Returns the seconds it took."""
         t0 = time.perf_counter()
         elapsed = self.log.elapsed()
-        self.ckpt.write(round_no, elapsed, self.model.net, {"batches": self.batches.state()})
+        worker = {
+            "batches": self.batches.state(),
+            "record": record,
+            "emulation": self.emulation.state(),
+        }
+        arrays = self.mode.state_arrays()
+        save_arrays = (lambda path: mx.nd.save(path, arrays)) if arrays else None
+        self.ckpt.write(round_no, elapsed, self.model.net, worker, save_arrays)
         if stop and self.mode.rank == 0:
             folder = mode_dir(self.args.log_dir, self.args.network, run_dir_name(self.args))
             info = {
                 **self.ckpt.run,
+                "hyperparameters": self.ckpt.hyperparameters,
                 "round": round_no,
                 "time": elapsed,
                 "test_accuracy": self.last_acc,
             }
             save_parameters(self.model.net, folder / MODEL_PARAMS, folder / MODEL_INFO, info)
-        stats.extra["checkpoint_s"] = round(time.perf_counter() - t0, 6)
+        return round(time.perf_counter() - t0, 6)
 
     def run(self, first: int = 0) -> int:
         """Train from round ``first + 1`` until the rounds or the time budget are used;
@@ -232,9 +250,6 @@ class Worker:
                 self.compute_batch(progress, stats)
 
 
-RESUME_KEY = 999_983  # KVStore key of the resume-round broadcast; no strategy uses it
-
-
 def connect(args: argparse.Namespace, spec: registry.ModeSpec):
     """The KVStore of the mode (None when standalone); call inside a JoinWatchdog."""
     if not spec.distributed:
@@ -244,30 +259,85 @@ def connect(args: argparse.Namespace, spec: registry.ModeSpec):
     return kv
 
 
+RESUME_KEY = 999_983  # KVStore key of rank 0's resume candidates; no strategy uses it
+RESUME_VOTE_KEY = 999_979  # ... and of the count of workers that hold each
+
+
 def broadcast_from_rank0(kv, value: float, key: int = RESUME_KEY) -> float:
     """Rank 0's ``value`` on every worker (a collective call, like KVStore init; float32:
     round numbers stay exact below 2**24)."""
-    array = mx.nd.array([value])
+    return broadcast_vector(kv, [value], key)[0]
+
+
+def broadcast_vector(kv, values: list[float], key: int) -> list[float]:
+    """Rank 0's ``values`` (the same length on every worker) on every worker."""
+    array = mx.nd.array(values)
     kv.init(key, array)
     kv.pull(key, out=array)
-    return float(array.asscalar())
+    return [float(v) for v in array.asnumpy()]
+
+
+def sum_over_workers(kv, values: list[float], key: int) -> list[float]:
+    """The element-wise sum of every worker's ``values`` (dist_sync without a server
+    optimizer stores the sum of a round's pushes)."""
+    array = mx.nd.array(values)
+    kv.init(key, mx.nd.zeros(array.shape))
+    kv.push(key, array)
+    kv.pull(key, out=array)
+    return [float(v) for v in array.asnumpy()]
+
+
+def agree_on_round(kv, usable: list[int]) -> int:
+    """The newest checkpoint round every worker can resume from: rank 0 proposes its newest
+    usable ones, every worker says which it holds, the sums decide (0: none)."""
+    slots = config.CHECKPOINTS_KEPT
+    proposed = (usable[:slots] + [0] * slots)[:slots]
+    candidates = broadcast_vector(kv, [float(r) for r in proposed], RESUME_KEY)
+    held = [1.0 if c > 0 and int(c) in usable else 0.0 for c in candidates]
+    holders = sum_over_workers(kv, held, RESUME_VOTE_KEY)
+    agreed = newest_held_by_all(candidates, holders, kv.num_workers)
+    newest = int(candidates[0])
+    if kv.rank == 0 and 0 < newest != agreed:
+        then = f"resuming after round {agreed}" if agreed else "starting afresh"
+        print(
+            f"warning: --resume: the checkpoint after round {newest} is not usable on every "
+            f"worker; {then}",
+            file=sys.stderr,
+            flush=True,
+        )
+    return agreed
 
 
 def resume_round(args: argparse.Namespace, ckpt: Checkpointer, kv, synchronous: bool) -> int:
     """The round to continue after (0: from scratch).
 
-    Synchronous modes continue after rank 0's newest complete checkpoint (all workers must
-    agree on round numbers); asynchronous workers each after their own newest one.
+    Synchronous modes continue after the newest checkpoint whose every part verifies on
+    every worker (all workers must agree on round numbers); asynchronous workers each after
+    their own newest usable one. A checkpoint that does not verify is skipped, and named.
     """
     if not args.resume:
         return 0
-    own = ckpt.newest() or 0
-    agreed = int(broadcast_from_rank0(kv, own)) if kv is not None and synchronous else own
+    usable = ckpt.usable()
+    if kv is not None and synchronous:
+        agreed = agree_on_round(kv, usable)
+    else:
+        agreed = usable[0] if usable else 0
     if agreed == 0:
         print(
-            f"warning: --resume: no checkpoint in {ckpt.folder}; starting afresh", file=sys.stderr
+            f"warning: --resume: no usable checkpoint in {ckpt.folder}; starting afresh",
+            file=sys.stderr,
         )
     return agreed
+
+
+def run_hyperparameters(args: argparse.Namespace, mode: Strategy) -> dict[str, object]:
+    """What a resume must not change silently (``--resume-override`` names exceptions): the
+    learning rates and the algorithm's own hyperparameters and pacing."""
+    found: dict[str, object] = {"lr": args.lr, "local_lr": args.local_lr}
+    for name, value in mode.describe().items():
+        plain = value is None or isinstance(value, (bool, int, float, str))
+        found[name] = value if plain else str(value)
+    return found
 
 
 def run_facts(args: argparse.Namespace, num_workers: int, size: int) -> dict:
@@ -376,9 +446,14 @@ def start_training(args: argparse.Namespace, model: Model, data: Dataset, size: 
             args.checkpoint_every,
             config.CHECKPOINTS_KEPT,
             run_facts(args, num_workers, size),
+            run_hyperparameters(args, mode),
+            tuple(args.resume_override),
         )
         first = resume_round(args, ckpt, kv, spec.load().synchronous)
         state = ckpt.load(first, model.net, model.ctx) if first else {}
+        arrays = ckpt.arrays_file(first) if first else None
+        if arrays is not None:
+            mode.resume_from(mx.nd.load(str(arrays)))
         mode.setup(model, kv)  # rank 0's (possibly loaded) parameters reach every worker
     return mode, ckpt, first, state, evals, kv
 
@@ -411,12 +486,18 @@ def train(
     if evals is not None:
         meta.update(evaluator=evals.current.kind, evaluator_pid=evals.pid)
     folder = worker_dir(args.log_dir, args.network, run_dir_name(args), meta["host"], device, rank)
-    resume = Resume(first, state.get("elapsed", 0.0), str(ckpt.folder)) if first else None
+    resume = (
+        Resume(first, state.get("elapsed", 0.0), str(ckpt.folder), state.get("record"))
+        if first
+        else None
+    )
     log = RunLog(folder, meta, resume, reporter=progress_reporter(args, meta))
     worker = Worker(args, mode, model, data, batches, size, log, ckpt, evals)
     worker.warm_up()
     if state.get("batches"):
         batches.restore(state["batches"])
+    if state.get("emulation"):
+        worker.emulation.restore(state["emulation"])
     if kv is not None:  # every device starts together, whoever set up faster
         broadcast_from_rank0(kv, 0.0, START_KEY)
     log.start_clock()

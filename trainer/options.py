@@ -172,6 +172,15 @@ def build_parser() -> argparse.ArgumentParser:
         help="continue after the newest checkpoint in the run's log folder",
     )
     p.add_argument(
+        "--resume-override",
+        dest="resume_override",
+        metavar="FIELD",
+        action="append",
+        default=[],
+        help="with --resume: accept that this run's FIELD (a hyperparameter the checkpoint "
+        "recorded, e.g. lr or epsilon) differs from the checkpoint's; repeat for several",
+    )
+    p.add_argument(
         "--probe-device",
         dest="probe_device",
         action="store_true",

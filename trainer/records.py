@@ -20,7 +20,8 @@ class RunLog:
 
     ``resume`` continues a run from a checkpoint taken after round ``resume.round`` at
     ``resume.elapsed`` seconds of training: records of later rounds (work the restart threw
-    away) are dropped, and the time axis goes on from the checkpoint's time.
+    away) are dropped, the checkpoint's round comes back from the checkpoint when its line
+    is missing, and the time axis goes on from the checkpoint's time.
 
     ``reporter`` (trainer/progress.py) gets every record too, for the State Server's
     dashboard, and is told the run finished when the log is closed.
@@ -44,6 +45,8 @@ class RunLog:
         kept: list[dict[str, Any]] = []
         if resume:
             kept = [r for r in read_records(rounds_path) if r.get("round", 0) <= resume.round]
+            if resume.record and not any(r.get("round") == resume.round for r in kept):
+                kept.append(resume.record)  # killed after its checkpoint, before its record
             self.meta["resumed"] = [*_old_meta(folder).get("resumed", []), resume.as_dict()]
             _write_lines(rounds_path, kept)
         _write_json_atomically(os.path.join(folder, META_NAME), self.meta)
@@ -135,6 +138,7 @@ class Resume:
     round: int
     elapsed: float
     checkpoint: str
+    record: dict[str, Any] | None = None  # the checkpoint's copy of its round's record
 
     def as_dict(self) -> dict[str, Any]:
         return {

@@ -175,6 +175,16 @@ class Emulation:
         """The jitter factor J of one batch (1 without --jitter)."""
         return math.exp(self.rng.gauss(0.0, self.jitter)) if self.jitter > 0 else 1.0
 
+    def state(self) -> list:
+        """The jitter generator's state, as JSON (checkpoints: a resumed run draws on)."""
+        version, internal, gauss_next = self.rng.getstate()
+        return [version, list(internal), gauss_next]
+
+    def restore(self, state: list) -> None:
+        """Continue the jitter draws from ``state`` (:meth:`state`)."""
+        version, internal, gauss_next = state
+        self.rng.setstate((version, tuple(internal), gauss_next))
+
     def start(self) -> None:
         self._started = self.clock()
 

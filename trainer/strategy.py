@@ -53,6 +53,11 @@ class Model:
         return f"{crc:08x}"
 
 
+def named_arrays(**groups: list[mx.nd.NDArray]) -> dict[str, mx.nd.NDArray]:
+    """``state_arrays``' names: ``velocity=[v0, v1]`` -> {"velocity/0": v0, "velocity/1": v1}."""
+    return {f"{name}/{i}": a for name, arrays in groups.items() for i, a in enumerate(arrays)}
+
+
 class Strategy(ABC):
     """A training mode. Subclass it, implement ``synchronise``, override the hooks you need.
 
@@ -149,6 +154,31 @@ class Strategy(ABC):
         if kv is not None:
             self.rank, self.num_workers = kv.rank, kv.num_workers
         self.pacing.setup(self.rank, self.num_workers)
+
+    def state_arrays(self) -> dict[str, mx.nd.NDArray]:
+        """The algorithm's own state that a checkpoint must keep, name -> array (control
+        variates, velocity, version counters); after ``setup``. None by default: the
+        parameters and the data order are the loop's."""
+        return {}
+
+    def resume_from(self, saved: dict[str, mx.nd.NDArray]) -> None:
+        """Before ``setup``: the ``state_arrays`` a checkpoint saved, for ``setup`` to take
+        back with :meth:`restore_into`."""
+        self.saved_state = dict(saved)
+
+    def restore_into(self, name: str, arrays: list[mx.nd.NDArray]) -> None:
+        """Copy the saved ``name/<i>`` arrays into ``arrays`` (nothing when the checkpoint has
+        none: a fresh start, or a checkpoint of a version that did not save them)."""
+        saved = getattr(self, "saved_state", {})
+        for i, array in enumerate(arrays):
+            value = saved.get(f"{name}/{i}")
+            if value is not None:
+                if value.shape != array.shape:
+                    raise ValueError(
+                        f"the checkpoint's {name}/{i} has shape {value.shape}, this run's "
+                        f"{array.shape}"
+                    )
+                value.copyto(array)
 
     def should_sync(self, progress: LocalProgress, stats: RoundStats) -> bool:
         """Whether the next step is a synchronisation rather than another local batch

@@ -12,7 +12,6 @@ from tests.support.processes import assert_all_gone, run_py
 from tests.support.run_logs import launched_pids, read_rounds, worker_folders
 from trainer import layout
 
-
 # The tests' usual 20 ms is below a LeNet batch's real cost with 3 workers on 2 cores (75-90 ms
 # on a loaded day): every device then overruns, the 4x one is no slower than the fast ones and
 # the fast ones compute once per round. 100 ms keeps the fast devices near their target.

@@ -61,3 +61,35 @@ def test_saved_model_loads_and_scores(tmp_path) -> None:
     assert accuracy >= 0.9 and accuracy == pytest.approx(info["test_accuracy"], abs=1e-4)
     missing = run_py(["main.py", "--evaluate", str(tmp_path / "nothing.params")], timeout=60)
     assert missing.returncode == 2 and "nothing.json" in missing.stderr
+
+
+def test_a_truncated_newest_checkpoint_falls_back_to_the_previous_one(tmp_path) -> None:
+    a, b = str(tmp_path / "a"), str(tmp_path / "b")
+    assert _local(a, 40).returncode == 0
+    folder = layout.checkpoint_dir(layout.mode_dir(a, "lenet", "local"))
+    params, _ = layout.checkpoint_files(folder, 40)
+    params.write_bytes(params.read_bytes()[:1000])  # a power loss during the rename's flush
+    res = _local(a, 60, "--resume")
+    assert res.returncode == 0, res.stderr
+    assert f"the checkpoint after round 40 is skipped: {params}" in res.stderr
+    assert "resumed after round 20" in res.stdout
+    records = read_rounds(worker_folders(a, "lenet", "local")[0])
+    assert [r["round"] for r in records] == list(range(1, 61))
+    assert _local(b, 60).returncode == 0
+    assert _model(a) == _model(b)  # rounds 21-40 were trained again, the same way
+
+
+def test_a_changed_hyperparameter_needs_resume_override(tmp_path) -> None:
+    log_dir = str(tmp_path)
+    assert _local(log_dir, 20).returncode == 0
+    refused = _local(log_dir, 40, "--resume", "-l", "0.1")
+    assert refused.returncode == 2 and "Traceback" not in refused.stderr
+    assert "trained with local_lr=0.05 (this run: 0.1), lr=0.05 (this run: 0.1)" in refused.stderr
+    assert "--resume-override local_lr --resume-override lr" in refused.stderr
+    folder = worker_folders(log_dir, "lenet", "local")[0]
+    assert len(read_rounds(folder)) == 20  # nothing lost
+    overrides = ["--resume-override", "lr", "--resume-override", "local_lr"]
+    accepted = _local(log_dir, 40, "--resume", "-l", "0.1", *overrides)
+    assert accepted.returncode == 0, accepted.stderr
+    assert "local_lr 0.05 -> 0.1" in accepted.stderr and "lr 0.05 -> 0.1" in accepted.stderr
+    assert "resumed after round 20" in accepted.stdout

@@ -7,9 +7,11 @@ from __future__ import annotations
 import json
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
+import config
 from launcher.supervision import PYTHON, Cluster, LaunchError
 from tests.support.processes import clean_env
 from trainer import layout
@@ -66,3 +68,27 @@ def test_without_restart_roles_a_dead_state_server_fails_the_run(tmp_path: Path)
         )
         with pytest.raises(LaunchError, match="state-server, pid .* exited with code 3"):
             cluster.wait_trainers(("worker",), ())
+
+
+@pytest.mark.parametrize("code, attempts", [(5, 3), (1, 3), (2, 1), (6, 1)])
+def test_max_restarts_skips_the_exit_codes_a_restart_cannot_fix(
+    monkeypatch, capsys, code: int, attempts: int
+) -> None:
+    from launcher import local
+
+    tried: list[list[str]] = []
+
+    def failing_cluster(run, proc_dir, flags, last) -> None:
+        tried.append(flags)
+        raise LaunchError(f"worker1 exited with code {code}", exit_code=code)
+
+    monkeypatch.setattr(local, "run_cluster", failing_cluster)
+    monkeypatch.setattr(local, "announce_restart", lambda *args, **kwargs: None)
+    run = SimpleNamespace(
+        opts=SimpleNamespace(max_restarts=2), progress=SimpleNamespace(mode_dir="m"), plan=None
+    )
+    with pytest.raises(LaunchError, match=f"code {code}"):
+        local.run_attempts(run, Path("procs"), ["-m", "sync"])
+    assert len(tried) == attempts
+    assert ("is not restarted" in capsys.readouterr().err) == (attempts == 1)
+    assert code in config.EXIT_NOT_RETRIED or attempts == 3

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 import statistics
 
@@ -164,3 +165,18 @@ def test_rebalance_rounds_counts_from_the_change() -> None:
     never = {"workers": [swap_a, worker([[0, 16], [3, 1]], [1] * 6, [16, 16, 16, 1, 1, 1])]}
     assert rebalance_rounds(never) == [{"at_s": 3, "rounds": None}]
     assert rebalance_rounds({"workers": [worker([[0, 1]], [1, 1], [1, 1])]}) == []
+
+
+def test_the_jitter_generator_resumes_where_its_checkpoint_left_it() -> None:
+    def emulation() -> DeviceEmulation:
+        return DeviceEmulation(Schedule.constant(2), 0.01, jitter=0.3, seed=11)
+
+    straight = emulation()
+    draws = [straight.noise() for _ in range(6)]
+    stopped = emulation()
+    _ = [stopped.noise() for _ in range(3)]
+    saved = json.loads(json.dumps(stopped.state()))  # as a checkpoint's JSON holds it
+    resumed = emulation()
+    resumed.restore(saved)
+    assert [resumed.noise() for _ in range(3)] == draws[3:]
+    assert draws[3:] != draws[:3]

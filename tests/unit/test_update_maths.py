@@ -543,3 +543,65 @@ def test_fedbuff_applies_the_staleness_weighted_mean_of_every_k_updates() -> Non
     server = [s + s1 * (m + o) / 2 for s, m, o in zip(server, mine, other, strict=True)]
     assert_close([kv.stored[k][:-1].reshape(a.shape) for k, a in enumerate(arrays)], server)
     assert [kv.stored[k][-1] for k in range(3)] == [2.0, 2.0, 2.0] and kv.pushes == 4
+
+
+# --- the algorithms' own state in checkpoints (Strategy.state_arrays / resume_from) ----------
+
+
+def _scaffold_values() -> dict[int, np.ndarray]:
+    values = {0: OTHER_DELTA[0], 1: OTHER_DELTA[1], 4: OTHER_AUX, 5: np.zeros(1)}
+    return {**values, 2: OTHER_VARIATE[0], 3: OTHER_VARIATE[1]}
+
+
+def _esync_m_values() -> dict[int, np.ndarray]:
+    return {0: OTHER_DELTA[0], 1: OTHER_DELTA[1], 2: OTHER_AUX, 3: np.zeros(1)}
+
+
+@pytest.mark.parametrize(
+    "cls, values, names",
+    [
+        (ESyncM, _esync_m_values, {"velocity"}),
+        (ESyncScaffold, _scaffold_values, {"c_local", "c_global", "corrections"}),
+    ],
+)
+def test_a_checkpoint_brings_back_the_algorithms_state(tmp_path, cls, values, names) -> None:
+    mode, model = _esync_variant(cls, _other_worker(values()), global_lr=0.5)
+    _local_steps(mode, model, (G1, G2))
+    mode.synchronise(model, RoundStats(), stop=False)
+    saved = mode.state_arrays()
+    assert {name.split("/")[0] for name in saved} == names
+    assert any(np.abs(a.asnumpy()).sum() > 0 for a in saved.values())  # not the zeros
+    path = str(tmp_path / "state.params")
+    mx.nd.save(path, saved)  # as trainer/loop.py saves it
+    pacing = StateServerPacing(FakeClient(), BATCH, protocol="blocking", fill_last_batch=False)
+    resumed = cls(0.2, BATCH, pacing, global_lr=0.5)
+    resumed.resume_from(mx.nd.load(path))
+    resumed.setup(make_model(), SumStore(2, _other_worker(values())))
+    restored = resumed.state_arrays()
+    assert sorted(restored) == sorted(saved)
+    for name, array in saved.items():
+        np.testing.assert_array_equal(restored[name].asnumpy(), array.asnumpy(), err_msg=name)
+
+
+def test_the_versioned_modes_resume_their_server_versions() -> None:
+    mode, model = FedAsync(0.2, BATCH, FixedSteps(BATCH, 2)), make_model()
+    mode.setup(model, ServerStore(1))
+    _local_steps(mode, model, (G1,))
+    mode.synchronise(model, RoundStats(), stop=False)
+    assert mode.version() == 1
+    saved = {k: v.copy() for k, v in mode.state_arrays().items()}
+    resumed, kv = FedAsync(0.2, BATCH, FixedSteps(BATCH, 2)), ServerStore(1)
+    resumed.resume_from(saved)
+    resumed.setup(make_model(), kv)  # the restarted server starts at the saved versions
+    assert resumed.version() == 1
+    _local_steps(resumed, model, (G1,))
+    resumed.synchronise(model, RoundStats(), stop=False)
+    assert resumed.version() == 2  # counting on, not from 0 again
+
+
+def test_a_saved_array_of_another_shape_is_refused() -> None:
+    pacing = StateServerPacing(FakeClient(), BATCH, protocol="blocking", fill_last_batch=False)
+    mode = ESyncM(0.2, BATCH, pacing, global_lr=0.5)
+    mode.resume_from({"velocity/0": mx.nd.zeros((3,))})
+    with pytest.raises(ValueError, match=r"velocity/0 has shape \(3,\)"):
+        mode.setup(make_model(), SumStore(2, _other_worker(_esync_m_values())))
