@@ -20,6 +20,7 @@ import errno
 import hashlib
 import json
 import os
+import shutil
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -33,6 +34,7 @@ COMPATIBLE = (
 )
 # the errors a restart cannot fix: no room to write
 DISK_FULL_ERRNOS = (errno.ENOSPC, errno.EDQUOT)
+DISK_FULL_MARGIN = 1 << 20  # a write that failed with less than this left: the disk is full
 
 
 class CheckpointError(Exception):
@@ -70,15 +72,29 @@ def _atomic(path: Path, write: Callable[[str], None]) -> str:
         digest = sha256_of(tmp)
         os.replace(tmp, path)
         _fsync(path.parent, directory=True)
-    except OSError as exc:
+    except Exception as exc:
+        full = disk_full(exc, path.parent)  # before the partial file frees its space
         _remove(tmp)
-        if exc.errno in DISK_FULL_ERRNOS:
-            raise DiskFullError(f"{path}: cannot write it, the disk is full ({exc})") from None
+        if full:
+            reason = (str(exc).strip().splitlines() or [type(exc).__name__])[-1]
+            raise DiskFullError(f"{path}: cannot write it, the disk is full ({reason})") from None
         raise
     except BaseException:
         _remove(tmp)
         raise
     return digest
+
+
+def disk_full(exc: BaseException, folder: Path) -> bool:
+    """Whether a failed write failed for want of space: ENOSPC/EDQUOT from Python, or any
+    error (MXNet's C++ writer says only "FileStream.Write incomplete") while less than
+    ``DISK_FULL_MARGIN`` bytes are left."""
+    if isinstance(exc, OSError) and exc.errno in DISK_FULL_ERRNOS:
+        return True
+    try:
+        return shutil.disk_usage(folder).free < DISK_FULL_MARGIN
+    except OSError:
+        return False
 
 
 def _remove(path: str) -> None:
