@@ -79,6 +79,12 @@ STATE_SERVER_PORT = 10010
 STATE_SERVER_RETRY_S = 60.0  # how long a worker retries an unreachable State Server
 STATE_SERVER_KIND = "runserver"  # launch.py --state-server: runserver | gunicorn
 STATE_SERVER_START_S = 60.0  # how long launch.py waits for its State Server to answer
+# launch.py probes its State Server's /status.json every LIVENESS_INTERVAL_S (each GET may
+# take LIVENESS_TIMEOUT_S); no answer for HUNG_AFTER_S (a SIGSTOP, a wedged process) and it
+# is killed and restarted in place, within the workers' --state-retry and rank 0's guard
+LIVENESS_INTERVAL_S = 1.0
+LIVENESS_TIMEOUT_S = 3.0
+HUNG_AFTER_S = 10.0
 STATE_SERVER_MAX_RESTARTS = 3  # launch.py restarts a State Server that dies this often per run
 # Every server flavour (runserver, gunicorn): a request's line, headers and body must all have
 # arrived this long after its first byte (a new connection's first request: after the accept),

@@ -32,7 +32,7 @@ def _threads_flag(argv: list[str] | None) -> int:
 
 def _failure_timeout_flag(argv: list[str] | None) -> float:
     """--failure-timeout of a scheduler or server: the one flag these roles read (the slides
-    pass the workers' command line to every role; launch.py passes none: the default)."""
+    pass the workers' command line to every role; launch.py passes only this one)."""
     import argparse
 
     import config

@@ -262,6 +262,18 @@ def ps_lite_transport(plan: ssh.Plan) -> dict[str, str]:
     return {} if plan.remote_hosts() else {"DMLC_LOCAL": "1"}
 
 
+def failure_timeout_flag(flags: list[str]) -> list[str]:
+    """The ``--failure-timeout`` among the workers' flags, for the scheduler and the server
+    (the one flag they read): every node must judge deaths by the same time-out."""
+    found: list[str] = []
+    for i, flag in enumerate(flags):
+        if flag == "--failure-timeout" and i + 1 < len(flags):
+            found = [flag, flags[i + 1]]
+        elif flag.startswith("--failure-timeout="):
+            found = [flag]
+    return found
+
+
 def start_distributed(
     opts: argparse.Namespace,
     plan: ssh.Plan,
@@ -282,7 +294,8 @@ def start_distributed(
     }
     for role in ("scheduler", "server"):
         env = {**dmlc, **plan.services_env(), "DMLC_ROLE": role}
-        plan.services.start(cluster, role, role, [PYTHON, "main.py"], env)
+        argv = [PYTHON, "main.py", *failure_timeout_flag(common)]
+        plan.services.start(cluster, role, role, argv, env)
     for i, (where, slowdown) in enumerate(plan.workers):
         where.start(
             cluster,

@@ -107,6 +107,7 @@ class Proc:
     restarts: int = 0  # times Cluster.restart started it again
     echo: Callable[[str], str] | None = None  # see Cluster.start
     pump: threading.Thread | None = None  # copies an echoed process's output
+    liveness: Liveness | None = None  # an HTTP probe: a hung process is restarted too
 
     @property
     def pid(self) -> int:
@@ -139,6 +140,39 @@ class Proc:
             f"{self.name}{rank}, pid {self.pid}, exited with code {self.popen.returncode}; "
             f"last output from {self.log_path}:\n{tail}"
         )
+
+
+class Liveness:
+    """Probes ``url`` every ``interval`` s from a thread of its own (each GET with
+    ``timeout``): :meth:`silent_for` is how long it has not answered. A stopped
+    (SIGSTOP) or wedged process still runs as far as ``poll`` can tell; this tells it."""
+
+    def __init__(
+        self,
+        url: str,
+        interval: float = config.LIVENESS_INTERVAL_S,
+        timeout: float = config.LIVENESS_TIMEOUT_S,
+    ) -> None:
+        self.url, self.interval, self.timeout = url, interval, timeout
+        self._answered = time.monotonic()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._probe, daemon=True, name="liveness")
+        self._thread.start()
+
+    def _probe(self) -> None:
+        while not self._stop.wait(self.interval):
+            if http_answers(self.url, self.timeout):
+                self._answered = time.monotonic()
+
+    def silent_for(self) -> float:
+        return time.monotonic() - self._answered
+
+    def reset(self) -> None:
+        """A new process answers from now on (after a restart)."""
+        self._answered = time.monotonic()
+
+    def close(self) -> None:
+        self._stop.set()
 
 
 @dataclass
@@ -236,6 +270,8 @@ class Cluster:
         proc.log_file.flush()
         proc.popen, proc.pump = self._spawn(proc.cmd, proc.env, proc.cwd, proc.log_file, proc.echo)
         proc.restarts += 1
+        if proc.liveness is not None:
+            proc.liveness.reset()
         self._write_pids()
         return proc
 
@@ -250,6 +286,9 @@ class Cluster:
 
     def stop(self, grace: float = config.STOP_GRACE_S) -> None:
         """Terminate every process group still alive, then kill what remains after ``grace``."""
+        for p in self.procs:
+            if p.liveness is not None:
+                p.liveness.close()
         alive = [p for p in self.procs if p.poll() is None]
         for p in alive:
             signal_group(p.pid, signal.SIGTERM)
@@ -293,6 +332,7 @@ class Cluster:
         while True:
             time.sleep(0.25)
             on_tick()
+            self._kill_hung(restart_roles)
             self._restart_exited(restart_roles, max_restarts_per_role, restarts)
             self._raise_on_failure()
             if all(p.poll() == 0 for p in self.of_role(*trainer_roles)):
@@ -306,6 +346,23 @@ class Cluster:
                     )
             if timeout and time.monotonic() - started > timeout:
                 raise LaunchError(f"the run took longer than --timeout {timeout:g} s")
+
+    def _kill_hung(self, roles: tuple[str, ...], hang_s: float = config.HUNG_AFTER_S) -> None:
+        """SIGKILL a process of ``roles`` whose liveness probe has had no answer for
+        ``hang_s`` s, so that it is restarted in place like one that died."""
+        for p in self.of_role(*roles):
+            if p.liveness is None or p.poll() is not None:
+                continue
+            silent = p.liveness.silent_for()
+            if silent > hang_s:
+                print(
+                    f"launch: {p.name} (pid {p.pid}) has not answered {p.liveness.url} for "
+                    f"{silent:.0f} s: killing it, to restart it in place",
+                    file=sys.stderr,
+                    flush=True,
+                )
+                signal_group(p.pid, signal.SIGKILL)
+                p.popen.wait()
 
     def _restart_exited(self, roles: tuple[str, ...], limit: int, counts: dict[str, int]) -> None:
         """Restart the exited processes of ``roles`` while ``counts[role] < limit``."""
@@ -436,4 +493,5 @@ def start_state_server(
     proc = cluster.start("state-server", "state-server", cmd, env)
     url = f"http://{host}:{port}"
     wait_http(f"{url}/", proc, timeout)
+    proc.liveness = Liveness(f"{url}/status.json")
     return proc, url

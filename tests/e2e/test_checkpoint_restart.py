@@ -12,7 +12,7 @@ import time
 
 import pytest
 
-from tests.support.processes import assert_all_gone, run_py, start_launcher
+from tests.support.processes import assert_all_gone, pid_alive, run_py, start_launcher
 from tests.support.run_logs import read_rounds, worker_folders
 from trainer import layout
 
@@ -78,3 +78,27 @@ def test_a_killed_worker_is_restarted_and_the_run_is_bit_identical(tmp_path, mod
     res = run_py(["launch.py", *flags, "-ld", straight], timeout=300)
     assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-2000:]
     assert resumed == _checksums(straight, mode)
+
+
+@pytest.mark.slow
+def test_a_stopped_worker_is_found_within_the_failure_timeout_and_restarted(tmp_path) -> None:
+    """SIGSTOP: the process is alive as far as its exit status tells, but sends no ps-lite
+    heartbeat; the scheduler judges it dead, the cluster ends and --max-restarts resumes it."""
+    log_dir, failure_timeout = str(tmp_path), 20
+    flags = "-w 3 --slowdowns 1,1,4 -m sync --rounds 100000 --max-time 15 -e 0 -n lenet".split()
+    flags += ["--failure-timeout", str(failure_timeout)]
+    proc = start_launcher(log_dir, *flags, "--checkpoint-every", "5", "--max-restarts", "1")
+    _wait_for_round(log_dir, "sync", 12, proc)
+    with open(layout.process_dir(log_dir, "lenet", "sync") / layout.PIDS_NAME) as fh:
+        stopped = json.load(fh)["worker2"]
+    os.kill(stopped, signal.SIGSTOP)
+    stopped_at = time.time()
+    out, err = proc.communicate(timeout=240)
+    assert proc.returncode == 0, out + err
+    assert "sent no heartbeat" in err and "restart 1 of 1" in err
+    restarted = layout.process_dir(log_dir, "lenet", "sync") / "restart1"
+    assert restarted.stat().st_mtime - stopped_at <= failure_timeout + 5
+    records = {r: read_rounds(f) for r, f in worker_folders(log_dir, "lenet", "sync").items()}
+    assert len({len(recs) for recs in records.values()}) == 1
+    assert not pid_alive(stopped)
+    assert_all_gone(_pids(log_dir, "sync"))

@@ -81,16 +81,22 @@ def _check_records(log_dir: str, rounds_at_kill: dict[int, int]) -> list[dict]:
 
 
 @pytest.mark.slow
-def test_kill_9_of_the_launchers_state_server_mid_run(log_dir: str) -> None:
+@pytest.mark.parametrize("fault", [signal.SIGKILL, signal.SIGSTOP], ids=["kill-9", "sigstop"])
+def test_the_launchers_state_server_killed_or_stopped_mid_run(log_dir: str, fault) -> None:
+    """A dead State Server is restarted at once; a stopped one (it still runs as far as its
+    exit status tells) once it has not answered for config.HUNG_AFTER_S: no round is lost."""
     launcher = _launch(log_dir, 25)
     try:
         at_kill = _wait_for_rounds(log_dir, launcher, 5)
         old_pid = launched_pids(log_dir, "lenet", "esync")["state-server"]
-        os.kill(old_pid, signal.SIGKILL)
+        os.kill(old_pid, fault)
         out, err = _finish(launcher, 120)
     finally:
         kill_session(launcher.pid)
     assert launcher.returncode == 0, out + err
+    if fault == signal.SIGSTOP:
+        assert f"launch: state-server (pid {old_pid}) has not answered " in err
+        assert "killing it, to restart it in place" in err
     assert f"launch: state-server (pid {old_pid}) exited with code -9; restarted as pid " in err
     assert "on the same port" in err
     rejoins = _check_records(log_dir, at_kill)

@@ -95,3 +95,14 @@ def test_flags_shared_with_main_py_are_defined_once() -> None:
         assert (
             launcher[dest].type is main[dest].type and launcher[dest].default == main[dest].default
         )
+
+
+def test_the_scheduler_and_server_get_the_workers_failure_timeout() -> None:
+    from launcher.local import failure_timeout_flag
+
+    assert failure_timeout_flag(["-m", "sync", "--failure-timeout", "20", "-e", "0"]) == [
+        "--failure-timeout",
+        "20",
+    ]
+    assert failure_timeout_flag(["--failure-timeout=12.5"]) == ["--failure-timeout=12.5"]
+    assert failure_timeout_flag(["-m", "sync"]) == []  # their default is the workers' default
