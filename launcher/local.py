@@ -76,6 +76,8 @@ def run_attempts(run: ModeRun, proc_dir: Path, flags: list[str]) -> None:
     """The first attempt, then up to ``--max-restarts`` restarts with ``--resume``."""
     limit = run.opts.max_restarts
     for attempt in range(limit + 1):
+        if attempt and run.plan is not None:  # ranks may come back on other hosts
+            ssh.share_checkpoints(run.plan.remote_hosts(), Path(run.progress.mode_dir))
         try:
             run_cluster(
                 run,

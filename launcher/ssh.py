@@ -33,6 +33,7 @@ SIGHUP; the pgid file, left behind only by a process that did not exit by itself
 
 from __future__ import annotations
 
+import io
 import os
 import re
 import shlex
@@ -627,6 +628,81 @@ def copy_folder(where: Where, parent: str, name: str, dest: Path) -> str | None:
         timer.cancel()
     err = proc.communicate()[1].decode(errors="replace").strip()
     return f"exit {proc.returncode}: {err[-300:]}" if proc.returncode else None
+
+
+def share_checkpoints(hosts: Iterable[Where], mode_dir: Path) -> None:
+    """Before a restart: give every host every checkpoint file of every host. ps-lite hands
+    out ranks in arrival order, so rank 0 (the parameters) and each rank's own part may come
+    back on another host; this one gathers the union (a file on several hosts: the newest
+    copy wins) and sends it to every remote host, adding what it lacks."""
+    hosts = [w for w in hosts if w.remote]
+    if not hosts:
+        return
+    local = layout.checkpoint_dir(mode_dir)
+    local.mkdir(parents=True, exist_ok=True)
+    staging = mode_dir / f".checkpoints-{os.getpid()}"
+    shutil.rmtree(staging, ignore_errors=True)
+    try:
+        for where, problem in zip(
+            hosts, on_each(hosts, lambda w: _fetch_checkpoints(w, mode_dir, staging)), strict=True
+        ):
+            if problem:
+                _warn(f"{where.label}: its checkpoints were not collected: {problem}")
+        for folder in staging.glob(f"*/{layout.CHECKPOINTS_DIR}"):
+            merge_newest(folder, local)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    for where, problem in zip(
+        hosts, on_each(hosts, lambda w: _send_checkpoints(w, local, mode_dir)), strict=True
+    ):
+        if problem:
+            _warn(f"{where.label}: the checkpoints were not sent: {problem}")
+
+
+def _fetch_checkpoints(where: Where, mode_dir: Path, staging: Path) -> str | None:
+    dest = staging / where.label.replace("/", "_")
+    dest.mkdir(parents=True)
+    remote = where.path(mode_dir)
+    made = where.run(f"mkdir -p {shlex.quote(str(layout.checkpoint_dir(remote)))}")
+    if made.returncode != 0:  # a host that never wrote a checkpoint sends an empty folder
+        return _last_lines(made)
+    return copy_folder(where, remote, layout.CHECKPOINTS_DIR, dest)
+
+
+def merge_newest(source: Path, dest: Path) -> list[str]:
+    """Copy each file of ``source`` into ``dest`` unless ``dest`` has a copy at least as new
+    (by modification time, which tar keeps); returns the names copied."""
+    copied = []
+    for path in sorted(source.iterdir()):
+        if not path.is_file():
+            continue
+        target = dest / path.name
+        if target.exists() and target.stat().st_mtime >= path.stat().st_mtime:
+            continue
+        shutil.copy2(path, target.with_name(f".{path.name}.part"))
+        os.replace(target.with_name(f".{path.name}.part"), target)
+        copied.append(path.name)
+    return copied
+
+
+def _send_checkpoints(where: Where, local: Path, mode_dir: Path) -> str | None:
+    """The local checkpoint folder into the host's, as a tar stream over ssh; a file the
+    host has already in a copy at least as new is kept (``--keep-newer-files``)."""
+    q = shlex.quote
+    remote = where.path(mode_dir)
+    script = f"mkdir -p {q(remote)} && cd {q(remote)} && tar -xf - --keep-newer-files"
+    argv = where.ssh.command(where.host or "", posix(script))
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w") as tar:
+        tar.add(local, arcname=layout.CHECKPOINTS_DIR)
+    try:
+        res = subprocess.run(
+            argv, input=buffer.getvalue(), capture_output=True, timeout=COPY_TIMEOUT_S
+        )
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        return str(exc)
+    err = res.stderr.decode(errors="replace").strip()
+    return f"exit {res.returncode}: {err[-300:]}" if res.returncode else None
 
 
 def checkpoint_rounds(hosts: Iterable[Where], mode_dir: Path) -> tuple[str, int] | None:

@@ -22,6 +22,7 @@ from pathlib import Path
 
 META_NAME = "meta.json"
 ROUNDS_NAME = "rounds.jsonl"
+DROPPED_NAME = "rounds.dropped.jsonl"  # records a restart did not go on from (kept, not lost)
 SUMMARY_NAME = "summary.json"
 PIDS_NAME = "pids.json"
 PROCESSES_DIR = "processes"

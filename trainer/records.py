@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
 
-from trainer.layout import META_NAME, ROUNDS_NAME, TENSORBOARD_GLOB
+from trainer.layout import DROPPED_NAME, META_NAME, ROUNDS_NAME, TENSORBOARD_GLOB
 
 if TYPE_CHECKING:
     from trainer.progress import ProgressReporter
@@ -20,8 +20,9 @@ class RunLog:
 
     ``resume`` continues a run from a checkpoint taken after round ``resume.round`` at
     ``resume.elapsed`` seconds of training: records of later rounds (work the restart threw
-    away) are dropped, the checkpoint's round comes back from the checkpoint when its line
-    is missing, and the time axis goes on from the checkpoint's time.
+    away) move to rounds.dropped.jsonl, the checkpoint's round comes back from the
+    checkpoint when its line is missing, and the time axis goes on from the checkpoint's
+    time. Without ``resume``, earlier records in the folder move there too.
 
     ``reporter`` (trainer/progress.py) gets every record too, for the State Server's
     dashboard, and is told the run finished when the log is closed.
@@ -42,16 +43,29 @@ class RunLog:
         self.off_clock = 0.0
         self.meta = {**meta, "started_at": self.started_at}
         rounds_path = os.path.join(folder, ROUNDS_NAME)
-        kept: list[dict[str, Any]] = []
+        kept = self._keep_records(rounds_path, resume)
         if resume:
-            kept = [r for r in read_records(rounds_path) if r.get("round", 0) <= resume.round]
-            if resume.record and not any(r.get("round") == resume.round for r in kept):
-                kept.append(resume.record)  # killed after its checkpoint, before its record
             self.meta["resumed"] = [*_old_meta(folder).get("resumed", []), resume.as_dict()]
-            _write_lines(rounds_path, kept)
         _write_json_atomically(os.path.join(folder, META_NAME), self.meta)
-        self._rounds: IO[str] = open(rounds_path, "a" if resume else "w")
+        self._rounds: IO[str] = open(rounds_path, "a")
         self.board = TensorBoardLog(folder, self.started_at, kept, resume is not None)
+
+    def _keep_records(self, rounds_path: str, resume: Resume | None) -> list[dict[str, Any]]:
+        """The earlier records this run goes on from (those up to the checkpoint's round;
+        none when it starts afresh). The others are appended to rounds.dropped.jsonl, never
+        lost: a restart that found no checkpoint (rank 0 on another host) wipes nothing."""
+        upto = resume.round if resume else 0
+        earlier = read_records(rounds_path) if os.path.exists(rounds_path) else []
+        kept = [r for r in earlier if r.get("round", 0) <= upto]
+        dropped = [r for r in earlier if r.get("round", 0) > upto]
+        if resume and resume.record and not any(r.get("round") == upto for r in kept):
+            kept.append(resume.record)  # killed after its checkpoint, before its record
+        if dropped:
+            with open(os.path.join(self.folder, DROPPED_NAME), "a") as fh:
+                fh.writelines(json.dumps(r) + "\n" for r in dropped)
+        if earlier or resume:
+            _write_lines(rounds_path, kept)
+        return kept
 
     def elapsed(self) -> float:
         """Seconds of device time since this worker started training: wall time less what

@@ -202,3 +202,18 @@ def test_a_resume_restores_the_checkpoints_record_when_its_line_was_lost(tmp_pat
     RunLog(tmp_path, {"rank": 1}, Resume(3, 3.0, "ckpt", {"round": 3, "time": 9.9})).close()
     kept = read_records(tmp_path / layout.ROUNDS_NAME)
     assert kept == [{"round": r, "time": float(r)} for r in (1, 2, 3)]  # the line wins
+
+
+def test_records_a_restart_does_not_go_on_from_are_kept_not_lost(tmp_path) -> None:
+    log = RunLog(tmp_path, {"rank": 0})
+    for round_no in (1, 2, 3, 4):
+        log.write({"round": round_no, "time": float(round_no)})
+    log.close()
+    RunLog(tmp_path, {"rank": 0}, Resume(2, 2.0, "ckpt")).close()  # rounds 3, 4 thrown away
+    dropped = tmp_path / layout.DROPPED_NAME
+    assert [r["round"] for r in read_records(dropped)] == [3, 4]
+    fresh = RunLog(tmp_path, {"rank": 0})  # no checkpoint found: starts afresh, wipes nothing
+    fresh.write({"round": 1, "time": 1.0})
+    fresh.close()
+    assert [r["round"] for r in read_records(tmp_path / layout.ROUNDS_NAME)] == [1]
+    assert [r["round"] for r in read_records(dropped)] == [3, 4, 1, 2]
