@@ -4,6 +4,7 @@ runner), the output prefix and the paths of this checkout on a remote host."""
 
 from __future__ import annotations
 
+import os
 import subprocess
 from pathlib import Path
 
@@ -157,3 +158,24 @@ def test_paths_of_this_checkout_move_to_the_remote_root() -> None:
     assert where.path("logs/lenet") == "/srv/esync/logs/lenet"  # main.py runs from the root
     assert where.path("/scratch/logs") == "/scratch/logs"
     assert remote.Where().path(f"{ROOT}/logs") == f"{ROOT}/logs"
+
+
+def test_merging_checkpoints_keeps_the_newest_copy_of_each_file(tmp_path) -> None:
+    source, dest = tmp_path / "from", tmp_path / "to"
+    source.mkdir()
+    dest.mkdir()
+    for folder, name, text, mtime in [
+        (source, "round-00000010.rank1.json", "theirs, newer", 2000),
+        (dest, "round-00000010.rank1.json", "ours, older", 1000),
+        (source, "round-00000010.params", "theirs, older", 1000),
+        (dest, "round-00000010.params", "ours, newer", 2000),
+        (source, "round-00000010.json", "only theirs", 1500),
+    ]:
+        (folder / name).write_text(text)
+        os.utime(folder / name, (mtime, mtime))
+    copied = remote.merge_newest(source, dest)
+    assert sorted(copied) == ["round-00000010.json", "round-00000010.rank1.json"]
+    assert (dest / "round-00000010.rank1.json").read_text() == "theirs, newer"
+    assert (dest / "round-00000010.params").read_text() == "ours, newer"
+    assert (dest / "round-00000010.json").stat().st_mtime == 1500  # kept for the next merge
+    assert sorted(p.name for p in dest.iterdir()) == sorted(p.name for p in source.iterdir())
