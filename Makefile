@@ -13,7 +13,7 @@ NETWORK ?= lenet
 MAX_TIME ?= 90
 LOG_DIR ?= logs
 
-.PHONY: run test test-fast lint bench-state-server reproduce faults clean data mutants
+.PHONY: run test test-fast lint bench-state-server reproduce faults soak clean data mutants
 
 $(STAMP): requirements.txt
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info[:2] == (3, 11) else "Python 3.11 is required (set PYTHON=/path/to/python3.11)")'
@@ -63,9 +63,14 @@ reproduce: $(STAMP)
 		--rounds 100000 -e 0 --eval-interval 0.5 --slowdowns 1/16@30,1,4,16/1@30 \
 		-ld $(LOG_DIR)/swap
 
-# Kills random processes of a running default cluster and measures the recovery (docs/faults.md).
+# The fault matrix (docs/faults.md): {kill -9, SIGSTOP} x {scheduler, server, fast worker,
+# slow worker, State Server} x {start-up, mid-run, checkpoint}, one default cluster each (~45 min).
 faults: $(STAMP)
-	$(PY) -m bench.faults
+	$(PY) -m bench.fault_matrix
+
+# 20 minutes of training with a random kill -9 or SIGSTOP every 60 s (docs/faults.md).
+soak: $(STAMP)
+	$(PY) -m bench.faults --soak 1200
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache

@@ -2,6 +2,12 @@
 
     python -m bench.faults                       # the default cluster, 60 s, 3 faults, seed 1
     python -m bench.faults --seed 7 --faults 4 --max-time 90
+    python -m bench.faults --soak 1200           # 20 min, a random fault every 60 s
+
+With ``--soak S`` the run has S s of training and a fault every ``--every`` s (60) of wall
+time until it ends, each a ``kill -9`` or a ``SIGSTOP`` held ``--stop-for`` s (then
+``SIGCONT``) of a random process; it passes when the run ends at >= 90 % accuracy and no
+fault cost more than one checkpoint interval. The fault matrix is bench/fault_matrix.py.
 
 Runs ``launch.py`` (checkpoints every few rounds, ``--max-restarts``) on the default cluster
 and, at moments drawn from the seed, ``kill -9``s a random process: a worker, the parameter
@@ -43,6 +49,7 @@ class Injection:
     pid: int
     at: float  # seconds since the launcher started
     last_round: int  # rank 0's newest record before the kill
+    fault: str = "kill -9"
     detected_after: float | None = None
     resumed_after_round: int | None = None
     recovered: bool = False
@@ -141,13 +148,25 @@ def pick_victim(rng: random.Random, pids: dict[str, int]) -> tuple[str, int]:
     return name, pids[name]
 
 
-def inject(run: LauncherRun, rng: random.Random, log_dir: str) -> Injection:
-    """Kill one random process now; the launcher's reaction is read later."""
+def inject(run: LauncherRun, rng: random.Random, log_dir: str, stop_for: float = 0.0) -> Injection:
+    """Kill one random process now (``stop_for`` > 0: or, by a coin toss, SIGSTOP it for
+    that long); the launcher's reaction is read later."""
     name, pid = pick_victim(rng, current_pids(log_dir))
-    shot = Injection(name, pid, time.monotonic() - run.started, rank0_round(log_dir))
-    os.kill(pid, signal.SIGKILL)
-    print(f"  t={shot.at:6.1f}s kill -9 {name} (pid {pid}) at round {shot.last_round}", flush=True)
+    stop = stop_for > 0 and rng.random() < 0.5
+    fault = "SIGSTOP" if stop else "kill -9"
+    shot = Injection(name, pid, time.monotonic() - run.started, rank0_round(log_dir), fault)
+    _signal(pid, signal.SIGSTOP if stop else signal.SIGKILL)
+    if stop:
+        threading.Timer(stop_for, _signal, (pid, signal.SIGCONT)).start()
+    print(f"  t={shot.at:6.1f}s {fault} {name} (pid {pid}) at round {shot.last_round}", flush=True)
     return shot
+
+
+def _signal(pid: int, sig: int) -> None:
+    try:
+        os.kill(pid, sig)
+    except ProcessLookupError:
+        pass
 
 
 def settle(run: LauncherRun, shot: Injection, log_dir: str, wait: float) -> None:
@@ -172,16 +191,27 @@ def settle(run: LauncherRun, shot: Injection, log_dir: str, wait: float) -> None
 
 
 def disturbed_run(opts: argparse.Namespace, log_dir: str) -> tuple[list[Injection], int]:
-    """The run with ``opts.faults`` kills at seeded moments; returns them and the exit code."""
+    """The run with ``opts.faults`` kills at seeded moments (``--soak``: a fault every
+    ``--every`` s until it ends); returns them and the exit code."""
     rng = random.Random(opts.seed)
-    moments = sorted(rng.uniform(0.15, 0.75) * opts.max_time for _ in range(opts.faults))
-    run = LauncherRun(launch_argv(opts, log_dir, opts.faults + 1)).start()
+    if opts.soak:
+        moments = [opts.every * k for k in range(1, 10_000)]
+        restarts, stop_for = 10_000, opts.stop_for
+    else:
+        moments = sorted(rng.uniform(0.15, 0.75) * opts.max_time for _ in range(opts.faults))
+        restarts, stop_for = opts.faults + 1, 0.0
+    argv = launch_argv(opts, log_dir, restarts) + ["--failure-timeout", "20"] * bool(opts.soak)
+    run = LauncherRun(argv).start()
     shots: list[Injection] = []
     try:
         for moment in moments:
-            while rank0_round(log_dir) == 0 or time.monotonic() - run.started < moment:
+            while run.proc.poll() is None and (
+                rank0_round(log_dir) == 0 or time.monotonic() - run.started < moment
+            ):
                 time.sleep(0.2)
-            shots.append(inject(run, rng, log_dir))
+            if run.proc.poll() is not None:
+                break
+            shots.append(inject(run, rng, log_dir, stop_for))
             settle(run, shots[-1], log_dir, wait=90)
         code = run.proc.wait(opts.max_time * 4 + 300)
     finally:
@@ -194,13 +224,14 @@ def plateau(log_dir: str) -> float | None:
 
 
 def print_table(shots: list[Injection]) -> None:
-    print("\n| # | killed | at (s) | detected after (s) | recovered | rounds lost |")
-    print("|---:|---|---:|---:|---|---:|")
+    print("\n| # | fault | target | at (s) | detected after (s) | recovered | rounds lost |")
+    print("|---:|---|---|---:|---:|---|---:|")
     for i, s in enumerate(shots, 1):
         lost = None if s.resumed_after_round is None else s.last_round - s.resumed_after_round
         detected = "-" if s.detected_after is None else f"{s.detected_after:.1f}"
         print(
-            f"| {i} | {s.target} | {s.at:.1f} | {detected} | {'yes' if s.recovered else 'NO'}"
+            f"| {i} | {s.fault} | {s.target} | {s.at:.1f} | {detected} | "
+            f"{'yes' if s.recovered else 'NO'}"
             f" | {'-' if lost is None else max(0, lost)} |"
         )
 
@@ -211,18 +242,42 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--faults", type=int, default=3)
     p.add_argument("--max-time", dest="max_time", type=float, default=60.0)
     p.add_argument("--checkpoint-every", dest="checkpoint_every", type=int, default=5)
+    p.add_argument("--soak", type=float, default=0.0, help="S s of training, faults all along")
+    p.add_argument("--every", type=float, default=60.0, help="--soak: s between faults")
+    p.add_argument("--stop-for", dest="stop_for", type=float, default=60.0)
     opts = p.parse_args(argv)
+    if opts.soak:
+        opts.max_time = opts.soak
     with tempfile.TemporaryDirectory(prefix="esync-faults-") as tmp:
-        print(f"disturbed run: {MODE}, 4 workers 1,1,4,16, {opts.max_time:g} s, seed {opts.seed}")
+        what = f"a fault every {opts.every:g} s" if opts.soak else f"seed {opts.seed}"
+        print(f"disturbed run: {MODE}, 4 workers 1,1,4,16, {opts.max_time:g} s, {what}")
         shots, code = disturbed_run(opts, os.path.join(tmp, "disturbed"))
         print_table(shots)
         print(f"\ndisturbed run exit code {code}")
+        if opts.soak:
+            return soak_verdict(opts, shots, code, os.path.join(tmp, "disturbed"))
         calm = LauncherRun(launch_argv(opts, os.path.join(tmp, "calm"), 0)).start()
         calm_code = calm.proc.wait(opts.max_time * 3 + 120)
         accs = plateau(os.path.join(tmp, "disturbed")), plateau(os.path.join(tmp, "calm"))
         print(f"undisturbed run exit code {calm_code}")
         print(f"plateau accuracy: with faults {accs[0]:.4f}, without {accs[1]:.4f}")
     return 0 if code == 0 and calm_code == 0 and all(s.recovered for s in shots) else 1
+
+
+def soak_verdict(opts: argparse.Namespace, shots: list[Injection], code: int, log_dir: str) -> int:
+    """The soak passes at >= 90 % final accuracy, with no fault costing more than one
+    checkpoint interval of rounds."""
+    final = summary.summarize(layout.mode_dir(log_dir, config.NETWORK, MODE))["final_accuracy"]
+    lost = [
+        s.last_round - s.resumed_after_round for s in shots if s.resumed_after_round is not None
+    ]
+    worst = max(lost, default=0)
+    print(
+        f"soak: {len(shots)} faults, final accuracy {final}, most rounds lost to one fault "
+        f"{worst} (checkpoint interval {opts.checkpoint_every})"
+    )
+    ok = code == 0 and final is not None and final >= 0.9 and worst <= opts.checkpoint_every
+    return 0 if ok and all(s.recovered for s in shots) else 1
 
 
 if __name__ == "__main__":
