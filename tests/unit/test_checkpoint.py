@@ -74,10 +74,15 @@ def _written(tmp_path, rounds=(5, 10), hyper=None) -> Checkpointer:
     return zero
 
 
-def test_a_truncated_newest_checkpoint_is_skipped_and_named(tmp_path, capsys) -> None:
+@pytest.mark.parametrize(
+    "damage",
+    [lambda data: data[:4], lambda data: bytes(len(data))],
+    ids=["truncated", "zeroed"],  # a power loss or a full disk; blocks that were never written
+)
+def test_a_damaged_newest_checkpoint_is_skipped_and_named(tmp_path, capsys, damage) -> None:
     zero = _written(tmp_path)
     params, _ = layout.checkpoint_files(tmp_path, 10)
-    params.write_bytes(params.read_bytes()[:4])  # a power loss, a full disk
+    params.write_bytes(damage(params.read_bytes()))
     assert zero.usable() == [5] and zero.newest() == 5
     err = capsys.readouterr().err
     assert "after round 10 is skipped" in err and str(params) in err and "SHA-256" in err
