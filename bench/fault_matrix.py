@@ -36,7 +36,7 @@ from dataclasses import dataclass
 
 import config
 import summary
-from bench.faults import MODE, LauncherRun, current_pids, launch_argv, rank0_round
+from bench.faults import MODE, LauncherRun, current_pids, launch_argv, rank0_round, send_signal
 from trainer import layout
 
 FAULTS = ("kill", "stop")
@@ -105,17 +105,10 @@ def _pids(log_dir: str) -> dict[str, int]:
 
 def inject(cell: Cell, pid: int, stop_for: float) -> None:
     if cell.fault == "kill":
-        _signal(pid, signal.SIGKILL)
+        send_signal(pid, signal.SIGKILL)
         return
-    _signal(pid, signal.SIGSTOP)
-    threading.Timer(stop_for, _signal, (pid, signal.SIGCONT)).start()
-
-
-def _signal(pid: int, sig: int) -> None:
-    try:
-        os.kill(pid, sig)
-    except ProcessLookupError:
-        pass
+    send_signal(pid, signal.SIGSTOP)
+    threading.Timer(stop_for, send_signal, (pid, signal.SIGCONT)).start()
 
 
 def observe(run: LauncherRun, cell: Cell, log_dir: str, wait: float) -> None:

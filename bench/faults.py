@@ -155,14 +155,15 @@ def inject(run: LauncherRun, rng: random.Random, log_dir: str, stop_for: float =
     stop = stop_for > 0 and rng.random() < 0.5
     fault = "SIGSTOP" if stop else "kill -9"
     shot = Injection(name, pid, time.monotonic() - run.started, rank0_round(log_dir), fault)
-    _signal(pid, signal.SIGSTOP if stop else signal.SIGKILL)
+    send_signal(pid, signal.SIGSTOP if stop else signal.SIGKILL)
     if stop:
-        threading.Timer(stop_for, _signal, (pid, signal.SIGCONT)).start()
+        threading.Timer(stop_for, send_signal, (pid, signal.SIGCONT)).start()
     print(f"  t={shot.at:6.1f}s {fault} {name} (pid {pid}) at round {shot.last_round}", flush=True)
     return shot
 
 
-def _signal(pid: int, sig: int) -> None:
+def send_signal(pid: int, sig: int) -> None:
+    """``sig`` to ``pid``, unless it is gone already."""
     try:
         os.kill(pid, sig)
     except ProcessLookupError:
