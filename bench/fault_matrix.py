@@ -171,26 +171,29 @@ def row(cell: Cell) -> str:
     )
 
 
-def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--faults", default=",".join(FAULTS), help=f"of {', '.join(FAULTS)}")
-    p.add_argument("--targets", default=",".join(TARGETS), help=f"of {', '.join(TARGETS)}")
-    p.add_argument("--phases", default=",".join(PHASES), help=f"of {', '.join(PHASES)}")
-    p.add_argument("--max-time", dest="max_time", type=float, default=30.0)
-    p.add_argument("--checkpoint-every", dest="checkpoint_every", type=int, default=5)
-    p.add_argument("--stop-for", dest="stop_for", type=float, default=60.0)
-    opts = p.parse_args(argv)
+def parse(argv: list[str] | None) -> tuple[argparse.Namespace, list[list[str]]]:
+    """The options, and the chosen faults, targets and phases (argparse errors list the
+    choices)."""
+    choices = {"--faults": FAULTS, "--targets": tuple(TARGETS), "--phases": PHASES}
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    for flag, allowed in choices.items():
+        parser.add_argument(flag, default=",".join(allowed), help=f"of {', '.join(allowed)}")
+    parser.add_argument("--max-time", dest="max_time", type=float, default=30.0)
+    parser.add_argument("--checkpoint-every", dest="checkpoint_every", type=int, default=5)
+    parser.add_argument("--stop-for", dest="stop_for", type=float, default=60.0)
+    opts = parser.parse_args(argv)
     chosen = []
-    for flag, text, allowed in (
-        ("--faults", opts.faults, FAULTS),
-        ("--targets", opts.targets, tuple(TARGETS)),
-        ("--phases", opts.phases, PHASES),
-    ):
+    for flag, allowed in choices.items():
+        text = getattr(opts, flag[2:])
         items = [t.strip() for t in text.split(",") if t.strip()]
-        bad = [t for t in items if t not in allowed]
-        if bad or not items:
-            p.error(f"{flag} {text!r}: choose from {', '.join(allowed)}")
+        if not items or any(t not in allowed for t in items):
+            parser.error(f"{flag} {text!r}: choose from {', '.join(allowed)}")
         chosen.append(items)
+    return opts, chosen
+
+
+def main(argv: list[str] | None = None) -> int:
+    opts, chosen = parse(argv)
     print(
         f"fault matrix: {MODE}, 4 workers 1,1,4,16, {opts.max_time:g} s of device time per run, "
         f"--checkpoint-every {opts.checkpoint_every}, SIGSTOP held {opts.stop_for:g} s",
