@@ -80,7 +80,8 @@ class Worker:
         self.size = size
         self.log = log
         self.loss_fn = gluon.loss.SoftmaxCrossEntropyLoss()
-        self.last_eval = time.perf_counter()
+        # device time of the last evaluation handed over; None: none yet this process
+        self.last_eval: float | None = None
 
     def warm_up(self) -> None:
         """Forward/backward passes without an update, so that graph building and the
@@ -136,14 +137,15 @@ class Worker:
             return True
         return bool(self.args.max_time) and self.log.elapsed() >= self.args.max_time
 
-    def eval_due(self, round_no: int) -> bool:
-        """Every ``-e`` rounds, and/or every ``--eval-interval`` seconds of training."""
+    def eval_due(self, round_no: int, round_time: float) -> bool:
+        """Every ``-e`` rounds, and/or every ``--eval-interval`` seconds of training, on the
+        device clock the records are stamped with (a wall clock would count the evaluations
+        themselves and put evaluations closer together than the interval in the records)."""
         args = self.args
         if args.eval_every_rounds and round_no % args.eval_every_rounds == 0:
             return True
-        return bool(args.eval_interval) and (
-            time.perf_counter() - self.last_eval >= args.eval_interval
-        )
+        since = self.log.resumed_at if self.last_eval is None else self.last_eval
+        return bool(args.eval_interval) and round_time - since >= args.eval_interval
 
     def end_round(self, round_no: int, stats: RoundStats, stop: bool, started: float) -> None:
         """Evaluate (rank 0), checksum, checkpoint, and write the round's record, stamped with
@@ -173,10 +175,10 @@ class Worker:
         done = self.evals.results()
         if stop:
             done += self.evals.final(round_no, round_time)
-        elif self.eval_due(round_no) and self.evals.submit_if_ready(
+        elif self.eval_due(round_no, round_time) and self.evals.submit_if_ready(
             self.model.net, round_no, round_time
         ):
-            self.last_eval = time.perf_counter()
+            self.last_eval = round_time
         for evaluation in done:
             self.announce(evaluation)
         if done:

@@ -14,7 +14,7 @@ import os
 
 import pytest
 
-from tests.support.processes import assert_all_gone, run_py
+from tests.support.processes import assert_all_gone, heterogeneous_device_unit, run_py
 from tests.support.run_logs import launched_pids, read_rounds, worker_folders
 from trainer import layout
 
@@ -22,10 +22,6 @@ pytestmark = pytest.mark.slow
 
 SLOWDOWNS = (1.0, 8.0)
 MIN_RATIO = 3.0  # dist_async gives ~5-8x here; dist_sync cannot give more than ~1x
-# Above a LeNet batch's real cost on this 2-core machine (40-60 ms with the cluster's four
-# processes): with the tests' usual 20 ms the fast device overran to ~50 ms, and 8x the unit
-# was barely 3x the fast worker's real time.
-DEVICE_UNIT = "0.1"
 
 
 @pytest.mark.parametrize(
@@ -42,7 +38,7 @@ def test_fast_worker_is_not_held_back_by_the_slow_one(
     res = run_py(
         ["launch.py", "-w", "2", "--slowdowns", slowdowns, *flags, "-n", "lenet"]
         + ["--rounds", "100000", "--max-time", "6", "-e", "0", "--eval-interval", "2"]
-        + ["-ld", log_dir, "--timeout", "90", "--device-unit", DEVICE_UNIT],
+        + ["-ld", log_dir, "--timeout", "90", "--device-unit", heterogeneous_device_unit()],
         timeout=150,
     )
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]

@@ -9,14 +9,10 @@ import os
 
 import pytest
 
-from tests.support.processes import assert_all_gone, run_py
+from tests.support.processes import assert_all_gone, heterogeneous_device_unit, run_py
 from tests.support.run_logs import launched_pids, read_rounds, worker_folders
 
 NEW_MODES = ("esync-nova", "esync-prox", "esync-m", "esync-scaffold", "fedavg", "fedasync")
-# Above a LeNet batch's real cost here (~55 ms alone, more with three workers on two cores):
-# with the tests' usual 20 ms every device overran, the 4x one was hardly slower than the
-# others and ESync-Nova's fast workers got no more local steps than the slow one.
-DEVICE_UNIT = "0.08"
 
 
 def _records(log_dir: str, mode: str) -> dict[float, list[list[dict]]]:
@@ -43,7 +39,8 @@ def test_each_new_mode_runs_on_a_real_cluster(log_dir: str) -> None:
     res = run_py(
         ["launch.py", "--compare", ",".join(NEW_MODES), "-w", "3", "--slowdowns", "1,1,4"]
         + ["--rounds", "100000", "--max-time", "8", "-e", "0", "--eval-interval", "1"]
-        + ["--local-steps", "3", "-ld", log_dir, "--timeout", "120", "--device-unit", DEVICE_UNIT],
+        + ["--local-steps", "3", "-ld", log_dir, "--timeout", "120"]
+        + ["--device-unit", heterogeneous_device_unit()],
         timeout=600,
     )
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]

@@ -8,14 +8,9 @@ import statistics
 
 import pytest
 
-from tests.support.processes import assert_all_gone, run_py
+from tests.support.processes import assert_all_gone, heterogeneous_device_unit, run_py
 from tests.support.run_logs import launched_pids, read_rounds, worker_folders
 from trainer import layout
-
-# The tests' usual 20 ms is below a LeNet batch's real cost with 3 workers on 2 cores (75-90 ms
-# on a loaded day): every device then overruns, the 4x one is no slower than the fast ones and
-# the fast ones compute once per round. 100 ms keeps the fast devices near their target.
-DEVICE_UNIT = "0.1"
 
 
 @pytest.mark.slow
@@ -24,7 +19,7 @@ def test_nonblocking_fill_cluster_trains_in_lockstep(log_dir: str) -> None:
         ["launch.py", "-w", "3", "--slowdowns", "1,1,4", "-m", "esync", "-n", "lenet"]
         + ["--state-protocol", "nonblocking", "--fill-last-batch", "1"]
         + ["--rounds", "100000", "--max-time", "10", "-e", "0", "--eval-interval", "2"]
-        + ["-ld", log_dir, "--timeout", "120", "--device-unit", DEVICE_UNIT],
+        + ["-ld", log_dir, "--timeout", "120", "--device-unit", heterogeneous_device_unit()],
         timeout=200,
     )
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]

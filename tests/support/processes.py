@@ -6,6 +6,8 @@ with everything it started.
 
 from __future__ import annotations
 
+import functools
+import json
 import os
 import signal
 import subprocess
@@ -22,6 +24,24 @@ from launcher.supervision import PYTHON, ROOT
 # --evaluator: the evaluator process costs each launch ~3 s to start (an MXNet import) before
 # training; tests/e2e/test_device_time_runs.py and tests/e2e/test_compare.py run it.
 TEST_DEVICE_UNIT = "0.02"
+
+# Tests whose assertions depend on the devices' speed ratios (local iterations per round,
+# pushes per worker) need a unit above what a LeNet batch really costs with a test cluster on
+# this machine, or every device overruns and the ratios vanish. That cost moves from day to day
+# (20-90 ms measured on this 2-core machine), so it is probed once per test session.
+HETEROGENEITY_HEADROOM = 2.0  # x the probe: three workers computing at once on two cores
+HETEROGENEITY_MIN_UNIT_S = 0.05
+
+
+@functools.cache
+def heterogeneous_device_unit() -> str:
+    """``--device-unit`` for a test that checks heterogeneity: HETEROGENEITY_HEADROOM x a
+    LeNet batch's seconds on an idle process here (main.py --probe-device, run once)."""
+    argv = [PYTHON, "main.py", "-m", "local", "-n", "lenet", "--probe-device"]
+    run = subprocess.run(argv, cwd=ROOT, env=clean_env(), capture_output=True, text=True)
+    assert run.returncode == 0, run.stderr[-2000:]
+    probe_s = float(json.loads(run.stdout.strip().splitlines()[-1])["probe_s"])
+    return f"{max(HETEROGENEITY_MIN_UNIT_S, HETEROGENEITY_HEADROOM * probe_s):.4f}"
 
 
 def clean_env(**extra: str) -> dict[str, str]:

@@ -40,6 +40,16 @@ def launched_pids(log_dir: str, network: str, mode_dir: str) -> dict[str, int]:
         return json.load(fh)
 
 
+def process_log_tails(log_dir: str, lines: int = 4) -> str:
+    """The last ``lines`` lines of every process log under ``log_dir``, shortest first: what
+    a failed launch's assertion message should lead with (CI shows only its start)."""
+    tails = []
+    for path in sorted(Path(log_dir, layout.PROCESSES_DIR).rglob("*.log")):
+        text = path.read_text(errors="replace").strip().splitlines()[-lines:]
+        tails.append(f"{path.name}: " + " | ".join(text))
+    return "\n".join(sorted(tails, key=len)) or f"no process logs under {log_dir}"
+
+
 # --- hand-made logs -------------------------------------------------------------------------
 
 
