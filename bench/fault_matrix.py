@@ -4,15 +4,15 @@
     python -m bench.fault_matrix --faults stop --targets state-server --phases mid-run
 
 Each cell is one run of the default cluster (esync, 4 workers with slowdowns 1,1,4,16, lenet
-on digits, ``--checkpoint-every 5 --max-restarts 2 --failure-timeout 20``) with one fault:
+on digits, ``--checkpoint-every 3 --max-restarts 2 --failure-timeout 20``) with one fault:
 
 * fault: ``kill -9``, or ``SIGSTOP`` held for ``--stop-for`` s (60) and then ``SIGCONT``
   (a hung process: alive as far as its exit status tells);
 * target: the scheduler, the parameter server, a fast worker (slowdown 1), the slow worker
   (slowdown 16), the State Server;
 * phase: start-up (as soon as the target has a pid, before rank 0's first round), mid-run
-  (after rank 0's round 10), during a checkpoint write (the moment a new checkpoint's first
-  file appears; the table says whether the write was still under way).
+  (the round after the first checkpoint), during a checkpoint write (the moment the second
+  checkpoint's first file appears; the table says whether the write was still under way).
 
 Per cell it prints: detected after (s from the fault to the launcher's first line about it),
 recovered after (s until rank 0 records a round past the one it had reached), rounds lost
@@ -50,6 +50,7 @@ TARGETS = {  # name in pids.json (workers in --slowdowns order: 1, 1, 4, 16)
 PHASES = ("start-up", "mid-run", "checkpoint")
 # the launcher's lines about a fault: a restart of the cluster or in place, a hang, a failure
 NOTICED = r"restart \d+ of|restarted as pid|has not answered|FAILED|exited with code"
+CLUSTER_RESTART = r"restart \d+ of \d+: the whole cluster"  # launcher/local.announce_restart
 
 
 @dataclass
@@ -76,16 +77,22 @@ def checkpoint_folder(log_dir: str):
     return layout.checkpoint_dir(layout.mode_dir(log_dir, config.NETWORK, MODE))
 
 
-def wait_for_phase(run: LauncherRun, phase: str, name: str, log_dir: str, deadline: float):
-    """Block until ``phase`` begins; returns whether a checkpoint write was under way."""
+def wait_for_phase(
+    run: LauncherRun, phase: str, name: str, log_dir: str, deadline: float, every: int
+):
+    """Block until ``phase`` begins; returns whether a checkpoint write was under way.
+
+    Mid-run is the round after the first checkpoint (``every``: --checkpoint-every), so that
+    a restart has one to go back to; the checkpoint phase is the write of the second one (a
+    run of the slowest device at 16 x T0 may have fewer than 10 rounds in 30 s here)."""
     seen: set[str] = set()
     while time.monotonic() < deadline and run.proc.poll() is None:
         pids = _pids(log_dir)
         if phase == "start-up" and name in pids:
             return None
-        if phase == "mid-run" and name in pids and rank0_round(log_dir) >= 10:
+        if phase == "mid-run" and name in pids and rank0_round(log_dir) > every:
             return None
-        if phase == "checkpoint" and name in pids and rank0_round(log_dir) >= 6:
+        if phase == "checkpoint" and name in pids and rank0_round(log_dir) > every:
             folder = checkpoint_folder(log_dir)
             names = {p.name for p in folder.iterdir()} if folder.is_dir() else set()
             new = names - seen if seen else set()
@@ -123,7 +130,8 @@ def observe(run: LauncherRun, cell: Cell, log_dir: str, wait: float) -> None:
             cell.recovered_after = time.monotonic() - run.started - cell.injected_at
             break
         time.sleep(0.2)
-    restart = run.first_line_after(cell.injected_at, r"restart \d+ of")
+    # a restart in place ("... restarted as pid N (restart 1 of at most 2)") loses nothing
+    restart = run.first_line_after(cell.injected_at, CLUSTER_RESTART)
     if restart is None:  # in place (State Server) or not noticed: the run went on
         cell.resumed_after = cell.reached
     else:
@@ -137,7 +145,10 @@ def run_cell(cell: Cell, opts: argparse.Namespace, tmp: str) -> Cell:
     run = LauncherRun(argv).start()
     try:
         name = TARGETS[cell.target]
-        cell.mid_write = wait_for_phase(run, cell.phase, name, log_dir, time.monotonic() + 180)
+        deadline = time.monotonic() + 180
+        cell.mid_write = wait_for_phase(
+            run, cell.phase, name, log_dir, deadline, opts.checkpoint_every
+        )
         pid = _pids(log_dir)[name]
         cell.reached = rank0_round(log_dir)
         cell.injected_at = time.monotonic() - run.started
@@ -179,7 +190,7 @@ def parse(argv: list[str] | None) -> tuple[argparse.Namespace, list[list[str]]]:
     for flag, allowed in choices.items():
         parser.add_argument(flag, default=",".join(allowed), help=f"of {', '.join(allowed)}")
     parser.add_argument("--max-time", dest="max_time", type=float, default=30.0)
-    parser.add_argument("--checkpoint-every", dest="checkpoint_every", type=int, default=5)
+    parser.add_argument("--checkpoint-every", dest="checkpoint_every", type=int, default=3)
     parser.add_argument("--stop-for", dest="stop_for", type=float, default=60.0)
     opts = parser.parse_args(argv)
     chosen = []
