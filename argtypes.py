@@ -20,6 +20,16 @@ def positive_int(text: str) -> int:
     return value
 
 
+def server_count(text: str) -> int:
+    """A number of parameter servers: 1 .. config.MAX_SERVERS."""
+    import config
+
+    value = int(text)
+    if not 1 <= value <= config.MAX_SERVERS:
+        raise argparse.ArgumentTypeError(f"must be in 1..{config.MAX_SERVERS}, got {value}")
+    return value
+
+
 def non_negative_int(text: str) -> int:
     value = int(text)
     if value < 0:

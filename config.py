@@ -103,6 +103,8 @@ STATE_SERVER_MAX_CONNECTIONS_PER_CLIENT = 256
 
 # --- launch.py ------------------------------------------------------------------------
 WORKERS = 4  # -w
+SERVERS = 1  # --servers: parameter servers (DMLC_NUM_SERVER)
+MAX_SERVERS = 64  # --servers and a host file's servers= are at most this
 SLOWDOWNS = "1"  # --slowdowns: one factor for every worker, or one per worker
 LAUNCH_MODE = "esync"  # -m of launch.py
 LAUNCH_DASHBOARD = 1  # --dashboard: a State Server with a live dashboard for every mode

@@ -20,6 +20,8 @@ Per worker, over its records (one record per round):
 * ``local_iterations`` = sum of ``local_iterations``
 * ``samples_per_s`` = sum(``samples``) / wall_s
 * ``bytes_per_s`` = sum(``bytes_pushed`` + ``bytes_pulled``) / wall_s
+* ``server_bytes`` = element-wise sum of the records' ``server_bytes`` (bytes pushed + pulled
+  per parameter server; ``[]`` for logs without it)
 * ``compute_time_ratio`` = sum(``compute_s``) / wall_s
 * ``slowdown_schedule`` = meta.json's ``[[from_s, factor], ...]`` (``[[0, slowdown]]`` for old logs)
 * ``timeline`` = ``[time, local_iterations, slowdown]`` of every record (the slowdown in force
@@ -35,6 +37,8 @@ Cluster:
 * ``duration_s`` = max worker ``wall_s``
 * ``samples_per_s`` = total samples of all workers / duration_s
 * ``bytes_per_s`` = total bytes (pushed + pulled) of all workers / duration_s
+* ``server_bytes`` = element-wise sum of the workers' ``server_bytes``; ``server_balance`` =
+  its smallest / largest entry (1.0 for one server, ``null`` without it)
 * ``accuracy`` = ``[time, test_acc]`` of the rank-0 records that carry ``test_acc``, file order
 * ``final_accuracy`` = last ``test_acc`` of that list, ``best_accuracy`` = its max
 * ``plateau_accuracy`` = mean ``test_acc`` of the evaluations in the last 20 % of rank 0's
@@ -61,7 +65,8 @@ import argparse
 import json
 import os
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
+from itertools import zip_longest
 from pathlib import Path
 from typing import Any
 
@@ -139,6 +144,19 @@ def _sum(records: list[Record], key: str) -> float:
     return sum(r.get(key, 0) for r in records)
 
 
+def _server_bytes(rows: Iterable[list[int] | None]) -> list[int]:
+    """Element-wise sum of per-server byte lists (missing ones skipped)."""
+    total: list[int] = []
+    for row in rows:
+        if row:
+            total = [a + b for a, b in zip_longest(total, row, fillvalue=0)]
+    return total
+
+
+def _balance(per_server: list[int]) -> float | None:
+    return (min(per_server) / max(per_server) if max(per_server) else 1.0) if per_server else None
+
+
 def worker_stats(meta: dict[str, Any], records: list[Record]) -> dict[str, Any]:
     """Per-worker statistics (definitions in the module docstring)."""
     wall = float(records[-1]["time"]) if records else 0.0
@@ -158,6 +176,7 @@ def worker_stats(meta: dict[str, Any], records: list[Record]) -> dict[str, Any]:
         "wall_s": wall,
         "samples": samples,
         "bytes": nbytes,
+        "server_bytes": _server_bytes(r.get("server_bytes") for r in records),
         "compute_s": compute,
         "wait_s": _sum(records, "wait_s"),
         "query_s": _sum(records, "query_s"),
@@ -327,6 +346,7 @@ def summarize(mode_dir: str | os.PathLike[str]) -> dict[str, Any]:
     duration = max(w["wall_s"] for w in stats)
     samples = sum(w["samples"] for w in stats)
     nbytes = sum(w["bytes"] for w in stats)
+    per_server = _server_bytes(w["server_bytes"] for w in stats)
     accuracy, loss = _accuracy(workers)
     accs = [a for _, a in accuracy]
     on_time, warnings = fidelity(stats)
@@ -344,6 +364,8 @@ def summarize(mode_dir: str | os.PathLike[str]) -> dict[str, Any]:
         "total_bytes": nbytes,
         "samples_per_s": _rate(samples, duration),
         "bytes_per_s": _rate(nbytes, duration),
+        "server_bytes": per_server,
+        "server_balance": _balance(per_server),
         "accuracy": accuracy,
         "loss": loss,
         "final_accuracy": accs[-1] if accs else None,

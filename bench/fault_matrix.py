@@ -120,45 +120,32 @@ def inject(cell: Cell, pid: int, stop_for: float) -> None:
 
 def observe(run: LauncherRun, cell: Cell, log_dir: str, wait: float) -> None:
     """Detection from the launcher's output, recovery from rank 0's records, until the run
-    ends (or ``wait`` s): the recovery is the first round past the one reached that rank 0
-    recorded after the cluster restart the fault caused, if it caused one (the round after
-    a checkpoint, or rounds that go on while a stopped scheduler is not yet found, are
-    written before the restart and are not a recovery)."""
+    ends (or ``wait`` s). The recovery is the first round rank 0 records past the one reached
+    or, after a cluster restart, past every round it had on file when the restart came: the
+    round after a checkpoint, or rounds that go on while a stopped scheduler is not yet
+    found, are written before the restart and are not a recovery."""
     deadline = time.monotonic() + wait
-    past: list[float] = []  # when rank 0 was seen past the round reached (s since the start)
+    seen: list[tuple[float, int]] = []  # (s since the start, rank 0's newest round)
     while time.monotonic() < deadline and run.proc.poll() is None:
         if cell.detected_after is None:
-            seen = run.first_line_after(cell.injected_at, NOTICED)
-            if seen:
-                cell.detected_after = seen[0] - cell.injected_at
-        if rank0_round(log_dir) > cell.reached:
-            past.append(time.monotonic() - run.started)
+            noticed = run.first_line_after(cell.injected_at, NOTICED)
+            if noticed:
+                cell.detected_after = noticed[0] - cell.injected_at
+        seen.append((time.monotonic() - run.started, rank0_round(log_dir)))
         time.sleep(0.2)
     # a restart in place ("... restarted as pid N (restart 1 of at most 2)") loses nothing
     restart = run.first_line_after(cell.injected_at, CLUSTER_RESTART)
+    after, beyond = cell.injected_at, cell.reached
     if restart is None:  # in place (State Server) or not noticed: the run went on
         cell.resumed_after = cell.reached
-        after = cell.injected_at
     else:
         found = re.search(r"after round (\d+)", restart[1])
         cell.resumed_after = int(found[1]) if found else 0
         after = restart[0]
-    # rank 0's records after a restart begin again at its checkpoint, so "past" restarts too
-    recovered = [t for t in past if t > after and (restart is None or _fresh(t, past, after))]
-    if recovered:
-        cell.recovered_after = recovered[0] - cell.injected_at
-
-
-def _fresh(t: float, past: list[float], after: float) -> bool:
-    """``t`` belongs to a run of past-the-round sightings that began after ``after`` (rank 0's
-    newest record right after a restart is still the old one until the resumed run moves it
-    to rounds.dropped.jsonl)."""
-    earlier = [p for p in past if p <= t]
-    start = earlier[0]
-    for a, b in zip(earlier, earlier[1:], strict=False):
-        if b - a > 1.0:  # a gap: rank 0 went back to its checkpoint in between
-            start = b
-    return start > after
+        beyond = max([cell.reached] + [r for t, r in seen if t <= after])
+    recovered = next((t for t, r in seen if t > after and r > beyond), None)
+    if recovered is not None:
+        cell.recovered_after = recovered - cell.injected_at
 
 
 def run_cell(cell: Cell, opts: argparse.Namespace, tmp: str) -> Cell:

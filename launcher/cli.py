@@ -12,12 +12,12 @@ from collections import Counter
 from pathlib import Path
 
 import config
-from argtypes import host_port
+from argtypes import host_port, positive_int, server_count
 from launcher import ssh
 from launcher.devices import device_unit, parse_slowdowns
 from launcher.local import run_mode
 from launcher.supervision import ROOT, LaunchError, run_token
-from trainer import calibrate, layout, options, registry
+from trainer import calibrate, layout, options, registry, sharding
 
 
 class ExactParser(argparse.ArgumentParser):
@@ -76,6 +76,22 @@ def build_parser() -> argparse.ArgumentParser:
         type=int,
         default=None,
         help=f"number of workers (default {config.WORKERS}; with -H the host file's slots)",
+    )
+    p.add_argument(
+        "--servers",
+        type=server_count,
+        default=None,
+        help=f"parameter servers; ps-lite shards the keys over them (default {config.SERVERS}; "
+        "with -H the host file's servers= entries, else they run with the scheduler)",
+    )
+    p.add_argument(
+        "--bigarray-bound",
+        dest="bigarray_bound",
+        type=positive_int,
+        default=None,
+        metavar="ELEMENTS",
+        help="MXNET_KVSTORE_BIGARRAY_BOUND on every node: an array of this many elements or "
+        f"more is split over all servers (MXNet's default {sharding.DEFAULT_BIGARRAY_BOUND:,})",
     )
     p.add_argument(
         "--slowdowns",
@@ -189,6 +205,7 @@ def read_hostfile(parser: argparse.ArgumentParser, opts: argparse.Namespace) -> 
         if given:
             parser.error(f"{', '.join(given)}: only with -H HOSTFILE")
         opts.workers = config.WORKERS if opts.workers is None else opts.workers
+        opts.servers = config.SERVERS if opts.servers is None else opts.servers
         return
     if not opts.interface:
         parser.error(
@@ -205,7 +222,18 @@ def read_hostfile(parser: argparse.ArgumentParser, opts: argparse.Namespace) -> 
     slots = sum(h.slots for h in opts.hosts)
     if opts.workers is not None and opts.workers != slots:
         parser.error(f"-w {opts.workers}, but {opts.hostfile} has {slots} slots (leave -w out)")
+    if slots < 1:
+        parser.error(f"-H: {opts.hostfile} has no worker (every line says slots=0)")
     opts.workers = slots
+    placed = sum(h.servers for h in opts.hosts)
+    if placed and opts.servers is not None and opts.servers != placed:
+        parser.error(
+            f"--servers {opts.servers}, but {opts.hostfile} places {placed} servers "
+            "(leave --servers out)"
+        )
+    if placed > config.MAX_SERVERS:
+        parser.error(f"-H: {opts.hostfile} places {placed} servers (at most {config.MAX_SERVERS})")
+    opts.servers = placed or (config.SERVERS if opts.servers is None else opts.servers)
 
 
 def place_slowdowns(parser: argparse.ArgumentParser, opts: argparse.Namespace) -> None:
@@ -279,7 +307,7 @@ def make_plan(opts: argparse.Namespace) -> ssh.Plan:
     command each); ssh.ProbeError lists every problem found, before anything starts."""
     here = ssh.Where()
     if not opts.hosts:
-        return ssh.Plan(here, [(here, s) for s in opts.slowdowns])
+        return ssh.Plan(here, [(here, s) for s in opts.slowdowns], servers=[here] * opts.servers)
     root = opts.remote_root or ROOT
     python = opts.remote_python or f"{root.rstrip('/')}/.venv/bin/python"
     shell = ssh.Ssh(tuple(opts.ssh_options))
@@ -300,11 +328,21 @@ def make_plan(opts: argparse.Namespace) -> ssh.Plan:
         raise ssh.ProbeError("\n".join(problems))
     services = found[opts.hosts[0].host] if opts.services_on == "first" else here
     workers = [(found[h], s) for h, s in zip(opts.worker_hosts, opts.slowdowns, strict=True)]
-    plan = ssh.Plan(services, workers, advertise or services.address, opts.interface)
+    servers = [found[h.host] for h in opts.hosts for _ in range(h.servers)]
+    plan = ssh.Plan(
+        services,
+        workers,
+        advertise or services.address,
+        opts.interface,
+        servers or [services] * opts.servers,
+    )
     warn_if_public(plan.advertise)
     counts = Counter(w.label for w, _ in workers)
+    on = Counter(w.label for w in plan.server_places())
     print(
-        f"cluster: services on {services.label} at {plan.advertise}; workers on "
+        f"cluster: services on {services.label} at {plan.advertise}; servers on "
+        + ", ".join(f"{host} ({n})" for host, n in on.items())
+        + "; workers on "
         + ", ".join(f"{host} ({n})" for host, n in counts.items()),
         flush=True,
     )

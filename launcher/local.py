@@ -31,7 +31,7 @@ from launcher.supervision import (
     state_server_env,
 )
 from StateServer import security
-from trainer import layout, registry
+from trainer import layout, registry, sharding
 
 
 def run_mode(opts: argparse.Namespace, plan: ssh.Plan, mode: str, forwarded: list[str]) -> None:
@@ -48,7 +48,13 @@ def run_mode(opts: argparse.Namespace, plan: ssh.Plan, mode: str, forwarded: lis
     flags = ["-m", mode, "-n", opts.network, "-ld", opts.log_dir, "-s", str(opts.split_by_class)]
     flags += forwarded
     slowdowns = ",".join(opts.slowdowns)
-    who = f"{opts.workers} workers, slowdowns {slowdowns}" if spec.distributed else "standalone"
+    servers = len(plan.server_places())
+    who = (
+        f"{opts.workers} workers, slowdowns {slowdowns}"
+        + (f", {servers} parameter servers" if servers > 1 else "")
+        if spec.distributed
+        else "standalone"
+    )
     proc_dir = layout.process_dir(opts.log_dir, opts.network, run_dir)
     print(f"== {run_dir}: {who}; process logs in {proc_dir}", flush=True)
     progress = EvaluationPrinter(str(mode_dir), run_dir, hosts=plan.hostnames())
@@ -276,6 +282,23 @@ def failure_timeout_flag(flags: list[str]) -> list[str]:
     return found
 
 
+def server_name(index: int, count: int) -> str:
+    """The process name of parameter server ``index`` of ``count``: ``server`` when it is the
+    only one (as before there could be several), else ``server0``, ``server1``, ..."""
+    return "server" if count == 1 else f"server{index}"
+
+
+def _remote_name(name: str, where: ssh.Where) -> str:
+    return f"{name}-{where.label}" if where.remote else name
+
+
+def bigarray_bound_env(opts: argparse.Namespace) -> dict[str, str]:
+    """``--bigarray-bound``: MXNet's split bound, for every node (the workers place the keys
+    by it, trainer/sharding.py)."""
+    bound = getattr(opts, "bigarray_bound", None)
+    return {} if bound is None else {sharding.BOUND_VAR: str(bound)}
+
+
 def start_distributed(
     opts: argparse.Namespace,
     plan: ssh.Plan,
@@ -287,21 +310,25 @@ def start_distributed(
     are in ``common`` already)."""
     worker_flags = common
     (port,) = plan.services.free_ports(1, plan.advertise)
+    servers = plan.server_places()
     dmlc = {
         "DMLC_PS_ROOT_URI": plan.advertise,
         "DMLC_PS_ROOT_PORT": str(port),
-        "DMLC_NUM_SERVER": "1",
+        "DMLC_NUM_SERVER": str(len(servers)),
         "DMLC_NUM_WORKER": str(len(plan.workers)),
         **ps_lite_transport(plan),
+        **bigarray_bound_env(opts),
     }
-    for role in ("scheduler", "server"):
-        env = {**dmlc, **plan.services_env(), "DMLC_ROLE": role}
-        argv = [PYTHON, "main.py", *failure_timeout_flag(common)]
-        plan.services.start(cluster, role, role, argv, env)
+    argv = [PYTHON, "main.py", *failure_timeout_flag(common)]
+    nodes = [("scheduler", "scheduler", plan.services)]
+    nodes += [(server_name(i, len(servers)), "server", w) for i, w in enumerate(servers)]
+    for name, role, where in nodes:
+        env = {**dmlc, **plan.node_env(where), "DMLC_ROLE": role}
+        where.start(cluster, name, role, argv, env)
     for i, (where, slowdown) in enumerate(plan.workers):
         where.start(
             cluster,
-            f"worker{i}-{where.label}" if where.remote else f"worker{i}",
+            _remote_name(f"worker{i}", where),
             "worker",
             [PYTHON, "main.py", *worker_flags, *slowdown_flags(slowdown)],
             {**dmlc, "DMLC_INTERFACE": plan.interface, "DMLC_ROLE": "worker"},

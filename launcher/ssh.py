@@ -5,11 +5,14 @@ Host file (``launch.py -H FILE``): one line per worker host,
 
     # comments and blank lines are ignored
     nodeA   slots=2 slowdown=1,4     # two workers, emulated slowdowns 1 and 4
-    user@nodeB slots=1               # one worker, slowdown from --slowdowns (default 1)
+    user@nodeB slots=1 servers=1     # one worker and one parameter server
     nodeC                            # slots=1
+    nodeD   slots=0 servers=2        # two parameter servers, no worker
 
 ``host`` is what ``ssh`` is given (a name, an address, ``user@host``, or a ``Host`` alias of
-``~/.ssh/config``); ``slots`` is the number of workers on it (default 1); ``slowdown`` has one
+``~/.ssh/config``); ``slots`` is the number of workers on it (default 1; 0 on a line with
+servers); ``servers`` the parameter servers on it (default 0; when no line has any, one runs
+with the scheduler, where ``--services-on`` says); ``slowdown`` has one
 entry per slot (or one for all of them), each a ``--slowdowns`` entry: a factor, a schedule
 ``S0/S1@T1`` or a ``.csv`` trace (read on the worker's host, at the same path).
 
@@ -47,6 +50,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import config
 from launcher.devices import SlowdownCountError, per_device
 from launcher.supervision import (
     PYTHON,
@@ -102,6 +106,7 @@ class HostLine:
     slots: int = 1
     slowdowns: tuple[str, ...] = ()  # one per slot; empty: --slowdowns decides
     line: int = 0
+    servers: int = 0  # parameter servers on this host
 
 
 def parse_hostfile(text: str, source: str = "hostfile") -> list[HostLine]:
@@ -123,25 +128,44 @@ def parse_hostfile(text: str, source: str = "hostfile") -> list[HostLine]:
 
 
 def parse_host_line(body: str, number: int = 0) -> HostLine:
-    """``host [slots=N] [slowdown=S[,S...]]`` (no comment, not blank)."""
+    """``host [slots=N] [servers=N] [slowdown=S[,S...]]`` (no comment, not blank)."""
     host, *fields = body.split()
     if not _HOST_RE.match(host) or "=" in host:
         raise HostfileError(f"{host!r} is not a host (a name, an address or user@host first)")
     values: dict[str, str] = {}
     for item in fields:
         key, sep, value = item.partition("=")
-        if not sep or key not in ("slots", "slowdown"):
-            raise HostfileError(f"unknown field {item!r} (expected slots=N or slowdown=S[,S...])")
+        if not sep or key not in HOST_FIELDS:
+            raise HostfileError(
+                f"unknown field {item!r} (expected slots=N, servers=N or slowdown=S[,S...])"
+            )
         if key in values:
             raise HostfileError(f"{key}= given twice")
         values[key] = value
-    try:
-        slots = int(values.get("slots", "1"))
-    except ValueError:
-        raise HostfileError(f"slots={values['slots']}: not a whole number") from None
-    if slots < 1:
-        raise HostfileError(f"slots={slots}: must be at least 1")
-    return HostLine(host, slots, _line_slowdowns(values.get("slowdown"), slots), number)
+    slots = _whole(values, "slots", 1)
+    servers = _whole(values, "servers", 0)
+    if servers > config.MAX_SERVERS:
+        raise HostfileError(f"servers={servers}: at most {config.MAX_SERVERS}")
+    if slots < (0 if servers else 1):
+        raise HostfileError(
+            f"slots={slots}: must be at least 1"
+            + (" (or 0 on a line with servers=N)" if slots == 0 else "")
+        )
+    slowdowns = _line_slowdowns(values.get("slowdown"), slots) if slots else ()
+    if values.get("slowdown") is not None and not slots:
+        raise HostfileError("slowdown= on a line without workers (slots=0)")
+    return HostLine(host, slots, slowdowns, number, servers)
+
+
+HOST_FIELDS = ("slots", "servers", "slowdown")
+
+
+def _whole(values: dict[str, str], key: str, default: int) -> int:
+    """The non-negative whole number of field ``key`` (HostfileError naming it)."""
+    text = values.get(key, str(default))
+    if not text.isdigit():
+        raise HostfileError(f"{key}={text}: not a whole number >= 0")
+    return int(text)
 
 
 def _line_slowdowns(text: str | None, slots: int) -> tuple[str, ...]:
@@ -512,11 +536,16 @@ class Plan:
     workers: list[tuple[Where, str]]  # (where, slowdown entry) of every worker
     advertise: str = "127.0.0.1"
     interface: str = "lo"
+    servers: list[Where] = field(default_factory=list)  # every parameter server; []: one
+
+    def server_places(self) -> list[Where]:
+        """Where each parameter server runs (one with the services unless told otherwise)."""
+        return self.servers or [self.services]
 
     def remote_hosts(self) -> list[Where]:
         """Every remote host of the run, once."""
         found: dict[str, Where] = {}
-        for where in [self.services, *(w for w, _ in self.workers)]:
+        for where in [self.services, *self.server_places(), *(w for w, _ in self.workers)]:
             if where.host is not None:
                 found.setdefault(where.host, where)
         return list(found.values())
@@ -526,12 +555,12 @@ class Plan:
         names = [socket.gethostname(), *(w.hostname for w in self.remote_hosts())]
         return list(dict.fromkeys(names))
 
-    def services_env(self) -> dict[str, str]:
-        """How the scheduler and the server find their address: ``interface``, or, when they
-        run here for remote workers, the advertised address itself (this machine's name for
-        the cluster network's interface may differ from the hosts')."""
+    def node_env(self, where: Where) -> dict[str, str]:
+        """How the scheduler or a server at ``where`` finds its address: ``interface``, or,
+        when it runs here for remote hosts, the advertised address itself (this machine's
+        name for the cluster network's interface may differ from the hosts')."""
         env = {"DMLC_INTERFACE": self.interface}
-        if not self.services.remote and self.remote_hosts():
+        if not where.remote and self.remote_hosts():
             env["DMLC_NODE_HOST"] = self.advertise
         return env
 

@@ -397,7 +397,9 @@ def make_batches(
     return BatchIterator(data.train_x, data.train_y, shard, args.batch_size, seed=seed, size=size)
 
 
-DEVICE_UNIT_KEY = 999_979  # KVStore key of the device-unit broadcast; no strategy uses it
+# KVStore key of the device-unit broadcast; no strategy uses it, nor RESUME_VOTE_KEY (999_979,
+# which it was until both could meet in one run: a key cannot change its size)
+DEVICE_UNIT_KEY = 999_953
 START_KEY = 999_961  # KVStore key of the start barrier
 
 

@@ -21,7 +21,7 @@ from typing import ClassVar
 import mxnet as mx
 
 from argtypes import Option, positive_float
-from trainer import aggregate
+from trainer import aggregate, sharding
 from trainer.pacing import StateServerPacing
 from trainer.strategy import Model, Strategy
 from trainer.types import RoundStats
@@ -50,6 +50,12 @@ class KVExchange:
         self.kv = kv
         self.keys = list(range(len(template)))
         self.size = nbytes(template)
+        # which server each key's bytes go to (MXNet's rule, trainer/sharding.py)
+        self.partition = sharding.partition(
+            [(k, a.size, a.dtype(0).itemsize) for k, a in zip(self.keys, template, strict=True)],
+            sharding.servers_from(),
+            sharding.bound_from(),
+        )
 
     def init_and_pull(self, values: list[mx.nd.NDArray]) -> None:
         """Store rank 0's values (a collective call) and copy them into every worker's arrays."""
@@ -67,6 +73,7 @@ class KVExchange:
         stats.comm_s += time.perf_counter() - started
         stats.bytes_pushed += self.size
         stats.bytes_pulled += self.size
+        stats.count_server_bytes([2 * b for b in self.partition.per_server])
 
 
 class Standalone(Strategy):

@@ -34,16 +34,25 @@ class RoundStats:
     query_s: float = 0.0
     comm_s: float = 0.0
     eval_s: float = 0.0
+    server_bytes: list[int] = field(default_factory=list)  # pushed + pulled, per server
     extra: dict[str, Any] = field(default_factory=dict)
 
     def count(self, key: str, by: int = 1) -> None:
         """Add ``by`` to the counter ``key`` of the round's extra fields."""
         self.extra[key] = self.extra.get(key, 0) + by
 
+    def count_server_bytes(self, per_server: list[int]) -> None:
+        """Add one exchange's bytes (pushed + pulled) on each parameter server."""
+        if not self.server_bytes:
+            self.server_bytes = [0] * len(per_server)
+        self.server_bytes = [a + b for a, b in zip(self.server_bytes, per_server, strict=True)]
+
     def as_record(self, round_no: int, elapsed: float) -> dict[str, Any]:
         """The JSON object of this round, with ``round`` and ``time`` first."""
         body = asdict(self)
         extra = body.pop("extra")
+        if not body["server_bytes"]:  # no KVStore (standalone training)
+            del body["server_bytes"]
         for key in ("compute_s", "wait_s", "query_s", "comm_s", "eval_s"):
             body[key] = round(body[key], 6)
         return {"round": round_no, "time": round(elapsed, 6), **body, **extra}
