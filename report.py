@@ -13,7 +13,8 @@ Per mode (from its summary, see ``summary.py``): ``time_to_target_s``, ``final_a
 ``best_accuracy``, ``samples_per_s``, ``bytes_per_s``, ``min_compute_time_ratio`` (min over
 workers), ``num_workers``, ``split``, and under device emulation ``emulation``,
 ``device_unit_s``, ``fidelity`` (share of batches on time), ``device_throughput`` (batches per
-device unit T0) and ``time_to_target_units`` (time_to_target_s / T0).
+device unit T0) and ``time_to_target_units`` (time_to_target_s / T0); ``server_bytes`` and
+``server_balance`` (bytes per parameter server and smallest / largest, from the summary).
 
 ``esync_vs[<baseline>]`` compares the reference mode (``trainer.registry.REFERENCE``, ESync)
 of the same split with every other requested mode of that split:
@@ -86,6 +87,8 @@ def mode_row(summary: dict[str, Any], target: float) -> dict[str, Any]:
         "fidelity": summary.get("fidelity"),
         "device_throughput": summary.get("device_throughput"),
         "time_to_target_units": ratio(to_target, unit),
+        "server_bytes": summary.get("server_bytes") or [],
+        "server_balance": summary.get("server_balance"),
     }
 
 
@@ -187,6 +190,28 @@ def _versus_table(versus: dict[str, dict[str, Any]]) -> list[str]:
     return lines
 
 
+def _server_lines(rows: dict[str, dict[str, Any]]) -> list[str]:
+    """Bytes per parameter server, when a mode ran with more than one."""
+    several = {m: r for m, r in rows.items() if len(r.get("server_bytes") or []) > 1}
+    if not several:
+        return []
+    lines = [
+        "## Parameter servers",
+        "",
+        "bytes pushed + pulled by every worker on each server (MXNet's key partition,"
+        " trainer/sharding.py); balance = smallest / largest",
+        "",
+        "| mode | servers | MB per server | balance |",
+        "|---|---:|---|---:|",
+    ]
+    for mode, r in several.items():
+        per = ", ".join(f"{b / 1e6:,.1f}" for b in r["server_bytes"])
+        lines.append(
+            f"| {mode} | {len(r['server_bytes'])} | {per} | {cell(r['server_balance'], '.3f')} |"
+        )
+    return [*lines, ""]
+
+
 def _rebalance_lines(rebalance: dict[str, list[dict[str, Any]]]) -> list[str]:
     """The re-balancing table, when a device changed speed during the run."""
     if not rebalance:
@@ -228,6 +253,7 @@ def render_markdown(report: dict[str, Any], folder: Path) -> str:
         "",
         *_versus_table(report["esync_vs"]),
         "",
+        *_server_lines(report["modes"]),
         *_rebalance_lines(report.get("rebalance", {})),
         "## Figures",
         "",

@@ -78,22 +78,6 @@ def build_parser() -> argparse.ArgumentParser:
         help=f"number of workers (default {config.WORKERS}; with -H the host file's slots)",
     )
     p.add_argument(
-        "--servers",
-        type=server_count,
-        default=None,
-        help=f"parameter servers; ps-lite shards the keys over them (default {config.SERVERS}; "
-        "with -H the host file's servers= entries, else they run with the scheduler)",
-    )
-    p.add_argument(
-        "--bigarray-bound",
-        dest="bigarray_bound",
-        type=positive_int,
-        default=None,
-        metavar="ELEMENTS",
-        help="MXNET_KVSTORE_BIGARRAY_BOUND on every node: an array of this many elements or "
-        f"more is split over all servers (MXNet's default {sharding.DEFAULT_BIGARRAY_BOUND:,})",
-    )
-    p.add_argument(
         "--slowdowns",
         default=config.SLOWDOWNS,
         help="comma-separated emulated device per worker: a factor (1,1,4,16), a schedule "
@@ -129,8 +113,30 @@ def build_parser() -> argparse.ArgumentParser:
     )
     for flag, kind, default, text in NUMBERS:
         p.add_argument(flag, type=kind, default=default, help=text)
+    add_server_arguments(p)
     add_ssh_arguments(p)
     return p
+
+
+def add_server_arguments(p: argparse.ArgumentParser) -> None:
+    """The parameter servers' flags (docs/deployment.md, "Several parameter servers")."""
+    p.add_argument(
+        "--servers",
+        type=server_count,
+        default=None,
+        help=f"parameter servers; ps-lite shards the keys over them (default {config.SERVERS}, or "
+        "with -H the total of the host file's servers=): those the host file does not place run "
+        "with the scheduler",
+    )
+    p.add_argument(
+        "--bigarray-bound",
+        dest="bigarray_bound",
+        type=positive_int,
+        default=None,
+        metavar="ELEMENTS",
+        help="MXNET_KVSTORE_BIGARRAY_BOUND on every node: an array of this many elements or "
+        f"more is split over all servers (MXNet's default {sharding.DEFAULT_BIGARRAY_BOUND:,})",
+    )
 
 
 def add_ssh_arguments(p: argparse.ArgumentParser) -> None:
@@ -226,14 +232,14 @@ def read_hostfile(parser: argparse.ArgumentParser, opts: argparse.Namespace) -> 
         parser.error(f"-H: {opts.hostfile} has no worker (every line says slots=0)")
     opts.workers = slots
     placed = sum(h.servers for h in opts.hosts)
-    if placed and opts.servers is not None and opts.servers != placed:
+    if opts.servers is not None and opts.servers < placed:
         parser.error(
-            f"--servers {opts.servers}, but {opts.hostfile} places {placed} servers "
-            "(leave --servers out)"
+            f"--servers {opts.servers}, but {opts.hostfile} places {placed} servers (give at "
+            f"least {placed}: the ones beyond the host file's run with the scheduler)"
         )
     if placed > config.MAX_SERVERS:
         parser.error(f"-H: {opts.hostfile} places {placed} servers (at most {config.MAX_SERVERS})")
-    opts.servers = placed or (config.SERVERS if opts.servers is None else opts.servers)
+    opts.servers = max(placed, opts.servers or 0) or config.SERVERS
 
 
 def place_slowdowns(parser: argparse.ArgumentParser, opts: argparse.Namespace) -> None:
@@ -329,13 +335,8 @@ def make_plan(opts: argparse.Namespace) -> ssh.Plan:
     services = found[opts.hosts[0].host] if opts.services_on == "first" else here
     workers = [(found[h], s) for h, s in zip(opts.worker_hosts, opts.slowdowns, strict=True)]
     servers = [found[h.host] for h in opts.hosts for _ in range(h.servers)]
-    plan = ssh.Plan(
-        services,
-        workers,
-        advertise or services.address,
-        opts.interface,
-        servers or [services] * opts.servers,
-    )
+    servers += [services] * (opts.servers - len(servers))  # the rest with the scheduler
+    plan = ssh.Plan(services, workers, advertise or services.address, opts.interface, servers)
     warn_if_public(plan.advertise)
     counts = Counter(w.label for w, _ in workers)
     on = Counter(w.label for w in plan.server_places())

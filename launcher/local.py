@@ -83,7 +83,7 @@ def run_attempts(run: ModeRun, proc_dir: Path, flags: list[str]) -> None:
     limit = run.opts.max_restarts
     for attempt in range(limit + 1):
         if attempt and run.plan is not None:  # ranks may come back on other hosts
-            ssh.share_checkpoints(run.plan.remote_hosts(), Path(run.progress.mode_dir))
+            ssh.share_checkpoints(run.plan.worker_hosts(), Path(run.progress.mode_dir))
         try:
             run_cluster(
                 run,
@@ -120,7 +120,7 @@ def start_afresh(mode_dir: Path, plan: ssh.Plan | None = None) -> None:
 
 def collect_records(plan: ssh.Plan, mode_dir: Path) -> None:
     """Copy the remote hosts' record folders here; say where rank 0's model stays."""
-    hosts = plan.remote_hosts()
+    hosts = plan.worker_hosts()
     if not hosts:
         return
     print(
@@ -142,7 +142,7 @@ def announce_restart(
 ) -> None:
     """What died, and where the restarted cluster continues from."""
     rounds = layout.checkpoint_rounds(layout.checkpoint_dir(mode_dir))
-    found = ssh.checkpoint_rounds(plan.remote_hosts(), mode_dir) if plan else None
+    found = ssh.checkpoint_rounds(plan.worker_hosts(), mode_dir) if plan else None
     if rounds and (found is None or rounds[-1] >= found[1]):
         source = f"the checkpoint after round {rounds[-1]} in {layout.checkpoint_dir(mode_dir)}"
     elif found:

@@ -11,8 +11,9 @@ Host file (``launch.py -H FILE``): one line per worker host,
 
 ``host`` is what ``ssh`` is given (a name, an address, ``user@host``, or a ``Host`` alias of
 ``~/.ssh/config``); ``slots`` is the number of workers on it (default 1; 0 on a line with
-servers); ``servers`` the parameter servers on it (default 0; when no line has any, one runs
-with the scheduler, where ``--services-on`` says); ``slowdown`` has one
+servers); ``servers`` the parameter servers on it (default 0; ``launch.py --servers N`` beyond the
+host file's total run with the scheduler, where ``--services-on`` says; one when no one says
+any); ``slowdown`` has one
 entry per slot (or one for all of them), each a ``--slowdowns`` entry: a factor, a schedule
 ``S0/S1@T1`` or a ``.csv`` trace (read on the worker's host, at the same path).
 
@@ -549,6 +550,11 @@ class Plan:
             if where.host is not None:
                 found.setdefault(where.host, where)
         return list(found.values())
+
+    def worker_hosts(self) -> list[Where]:
+        """The remote hosts that run workers (they hold records and checkpoints), once."""
+        running = {where.host for where, _ in self.workers}
+        return [w for w in self.remote_hosts() if w.host in running]
 
     def hostnames(self) -> list[str]:
         """The record folder names of this run's hosts (this machine's first)."""

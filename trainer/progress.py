@@ -24,6 +24,7 @@ import os
 import threading
 import time
 from collections import deque
+from itertools import zip_longest
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -35,6 +36,7 @@ __all__ = ["ProgressReporter", "progress_reporter"]
 
 _BACKOFF_START_S = 0.1
 _BACKOFF_MAX_S = 5.0
+SERVER_BYTES = "server_bytes"  # bytes on each parameter server: summed, sent beside the totals
 _OPTIONAL_NUMBERS = ("slowdown", "test_acc", "test_loss", "eval_time")  # dropped when not finite
 
 
@@ -122,6 +124,10 @@ class ProgressReporter:
         totals["samples"] += record.get("samples", 0)
         for key in TIMERS:
             totals[key] += record.get(key, 0.0)
+        per_server = record.get("server_bytes")
+        if per_server:  # a new list each time: the queued copies of the totals keep theirs
+            before = totals.get(SERVER_BYTES) or []
+            totals[SERVER_BYTES] = [a + b for a, b in zip_longest(before, per_server, fillvalue=0)]
         self._slowdown = entry.get("slowdown", self._slowdown)
         item = (entry, dict(totals), self._slowdown)
         with self._lock:
@@ -221,7 +227,11 @@ class ProgressReporter:
         if slowdown is not None and math.isfinite(slowdown):
             msg["slowdown"] = slowdown
         msg["dropped"] = self.dropped + self.rejected
-        msg["totals"] = dict(totals)
+        totals = dict(totals)
+        per_server = totals.pop(SERVER_BYTES, None)
+        msg["totals"] = totals
+        if per_server:
+            msg["server_bytes"] = per_server
         msg["records"] = [entry for entry, _, _ in batch]
         return msg
 

@@ -51,6 +51,10 @@ FIDELITY_HELP = (
     "device emulation: share of all workers' batches computed by their emulated-device "
     "deadline; below 100% the host could not keep up with the emulated devices"
 )
+SERVERS_HELP = (
+    "bytes every worker pushed and pulled on each parameter server (MXNet's key partition); "
+    "balance = smallest / largest, raise it with launch.py --bigarray-bound"
+)
 _STYLE = """
 body{font:14px/1.4 system-ui,sans-serif;margin:1.2em 1.6em;color:#222;background:#fafafa}
 h1{font-size:1.35em;margin:0 0 .4em}h1 .run{font-weight:normal;color:#555}
@@ -200,6 +204,10 @@ def facts(snap: Snapshot) -> str:
     if snap.get("fidelity") is not None:
         label = _abbr("fidelity", FIDELITY_HELP)
         items.append((label, _e(f"{_percent(snap['fidelity'])} of batches on time")))
+    if len(snap.get("server_bytes") or []) > 1:
+        per = ", ".join(f"{b / 1e6:,.1f}" for b in snap["server_bytes"])
+        label = _abbr("MB per parameter server", SERVERS_HELP)
+        items.append((label, _e(f"{per} (balance {snap['server_balance']:.2f})")))
     if snap.get("dropped"):
         items.append((_e("reports lost"), _e(snap["dropped"])))
     boxes = "".join(

@@ -18,9 +18,13 @@ that rates and time shares survive dropped messages and a State Server restart):
      "dropped": 0,
      "totals": {"rounds": 12, "samples": 2304, "compute_s": 2.1, "wait_s": 0.1,
                 "query_s": 0.05, "comm_s": 0.6, "eval_s": 0.0},
+     "server_bytes": [6210624, 6207392],
      "records": [{"round": 12, "time": 3.5, "local_iterations": 3, "samples": 192,
                   "compute_s": 0.09, "slowdown": 4.0, "overruns": 0,
                   "test_acc": 0.91, "test_loss": 0.3, "eval_time": 3.1}]}
+
+``server_bytes`` (optional; at most ``config.MAX_SERVERS`` entries) are the bytes this worker
+pushed and pulled on each parameter server since it started (trainer/sharding.py).
 
 A record's ``overruns`` (device emulation only) counts its batches that missed their emulated
 deadline: the dashboard shows each worker's share of batches on time and the run's fidelity.
@@ -149,6 +153,7 @@ class WorkerReport:
     dropped: int = 0
     totals: Totals = Totals()
     records: tuple[RoundPoint, ...] = ()
+    server_bytes: tuple[int, ...] = ()  # pushed + pulled on each parameter server, in total
 
 
 @dataclass(frozen=True, slots=True)
@@ -273,6 +278,16 @@ def _records(value: object) -> tuple[RoundPoint, ...]:
     )
 
 
+def _server_bytes(name: str, value: object) -> tuple[int, ...]:
+    if not isinstance(value, list):
+        raise ReportError(f"field '{name}' must be an array, got {_show(value)}")
+    if not 1 <= len(value) <= config.MAX_SERVERS:
+        raise ReportError(
+            f"field '{name}' has {len(value)} servers; 1 to {config.MAX_SERVERS} allowed"
+        )
+    return tuple(_COUNT(f"{name}[{i}]", v) for i, v in enumerate(value))
+
+
 def _worker_count(name: str, value: object) -> int:
     limit = config.PROGRESS_MAX_WORKERS
     count = integer(1, MAX_INT)(name, value)
@@ -300,6 +315,7 @@ _PROGRESS_OPTIONAL: dict[str, Check] = {
     "error": text(MAX_ERROR),
     "slowdown": number(0.0, MAX_FACTOR),
     "dropped": _COUNT,
+    "server_bytes": _server_bytes,
     **_BUDGET,
 }
 _RUN_OPTIONAL: dict[str, Check] = {

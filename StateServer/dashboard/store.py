@@ -12,6 +12,7 @@ from __future__ import annotations
 import threading
 from collections import OrderedDict
 from dataclasses import dataclass, field
+from itertools import zip_longest
 from typing import Any
 
 import config
@@ -54,6 +55,7 @@ class TrackedWorker:
     last_seen: float = 0.0
     timed_batches: int = 0  # local iterations of the records that carry ``overruns``
     overruns: int = 0  # the sum of their ``overruns``
+    server_bytes: tuple[int, ...] = ()  # pushed + pulled on each parameter server, in total
 
 
 @dataclass
@@ -154,6 +156,7 @@ class DashboardStore:
     def _update_worker(run: TrackedRun, w: TrackedWorker, msg: WorkerReport, now: float) -> None:
         w.host, w.device, w.started = msg.host, msg.device, msg.started
         w.state, w.error, w.totals, w.dropped = msg.state, msg.error, msg.totals, msg.dropped
+        w.server_bytes = msg.server_bytes or w.server_bytes
         w.last_seen = now
         if msg.slowdown is not None:
             w.slowdown = msg.slowdown
@@ -247,6 +250,7 @@ class DashboardStore:
             "loss": run.loss.points(),
             "dropped": sum(w["dropped"] for w in workers),
             "fidelity": _fidelity(list(run.workers.values())),
+            **_servers(list(run.workers.values())),
             "workers": workers,
         }
 
@@ -292,6 +296,16 @@ class DashboardStore:
                     max(max(0, run.facts.rounds - w["round"]) / w["rounds_per_s"] for w in running)
                 )
         return sig6(min(guesses)) if guesses else None
+
+
+def _servers(workers: list[TrackedWorker]) -> dict[str, Any]:
+    """Every worker's bytes on each parameter server, summed, and the balance (smallest /
+    largest; None before any worker said)."""
+    total: list[int] = []
+    for w in workers:
+        total = [a + b for a, b in zip_longest(total, w.server_bytes, fillvalue=0)]
+    balance = (min(total) / max(total) if max(total) else 1.0) if total else None
+    return {"server_bytes": total, "server_balance": None if balance is None else sig6(balance)}
 
 
 def _size_conflict(run: TrackedRun, says: int) -> ReportError:

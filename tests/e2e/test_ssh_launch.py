@@ -17,7 +17,10 @@ was copied back by the launcher. The launcher runs in hostA with the host file
    once rank 0 has evaluated round 4 the test kills one worker on hostC (``ip netns exec hostC
    kill -9``); the launcher restarts the cluster, the workers resume from a checkpoint on their
    hosts and the run finishes;
-3. Ctrl-C (SIGINT) to the launcher while the workers train: exit code 130.
+3. two parameter servers, one on the launcher's host with the scheduler and one on hostB
+   (host file ``hostB slots=1 servers=1`` / ``hostC slots=2``, ``--servers 2``), a sync run
+   of 3 workers to the end: both servers served, equal checksums every round;
+4. Ctrl-C (SIGINT) to the launcher while the workers train: exit code 130.
 
 After each run no process of it is left on hostB or hostC (``ip netns pids``), and at the end
 no sshd, no process carrying the test's marker, and no namespace.
@@ -27,6 +30,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -263,6 +267,35 @@ def _kill_restart_resume(
     assert all(m.get("resumed") for m in metas)
 
 
+def _servers_on_two_hosts(
+    procs: netns.Processes, net: netns.Network, common: list[str], tmp_path: Path
+) -> None:
+    """The scheduler on the launcher's host (hostA), parameter servers there and on hostB
+    (``--servers 2``, one placed by the host file), workers on hostB and hostC."""
+    hostfile = tmp_path / "hosts-servers"
+    hostfile.write_text("hostB slots=1 slowdown=1 servers=1\nhostC slots=2 slowdown=1,4\n")
+    base = tmp_path / "logs-servers"
+    flags = ["-H", str(hostfile), *common[2:], "-m", "sync", "-ld", str(base), "--rounds", "6"]
+    run = _launch(procs, net.hosts["hostA"], "launch-servers", [*flags, "--servers", "2"])
+    assert _wait(run) == 0, run.tail(60)
+    out = run.tail(100000)
+    placed = re.search(r"servers on (.*?); workers on", out)
+    assert placed and "hostB (1)" in placed[1] and placed[1].count("(1)") == 2, out[-3000:]
+    procs_dir = base / "processes" / "lenet" / "sync"
+    assert "hostB: [server] starting" in (procs_dir / "server1.log").read_text()
+    assert "[server] training ended" in (procs_dir / "server0.log").read_text()
+    sums: dict[int, set[str]] = {}
+    folders = sorted((base / "lenet" / "sync").glob("*/*-rank*"))
+    assert len(folders) == 3, folders
+    for folder in folders:
+        records = [json.loads(x) for x in (folder / "rounds.jsonl").read_text().splitlines()]
+        assert [r["round"] for r in records] == list(range(1, 7)), folder
+        assert all(len(r["server_bytes"]) == 2 and min(r["server_bytes"]) > 0 for r in records)
+        for r in records:
+            sums.setdefault(r["round"], set()).add(r["checksum"])
+    assert all(len(found) == 1 for found in sums.values()), sums
+
+
 @pytest.mark.slow
 @pytest.mark.netns
 @pytest.mark.skipif(not OK, reason=f"emulated hosts: {WHY}")
@@ -295,6 +328,11 @@ def test_launch_over_ssh_on_emulated_hosts(tmp_path: Path) -> None:
             t0 = time.monotonic()
             _kill_restart_resume(procs, net, common, ssh, log_dir)
             timings["kill, restart, resume"] = time.monotonic() - t0
+
+            t0 = time.monotonic()
+            _servers_on_two_hosts(procs, net, common, tmp_path)
+            _assert_hosts_clean(workers, ssh.sshd)
+            timings["two servers on two hosts"] = time.monotonic() - t0
 
             t0 = time.monotonic()
             run = _launch(procs, a, "launch-3", [*common, "--rounds", "100000"])

@@ -16,6 +16,7 @@ from StateServer.dashboard import page, svg
 from StateServer.dashboard.reports import (
     FAILED,
     FINISHED,
+    RECORD_FIELDS,
     RUNNING,
     STALE,
     STARTING,
@@ -27,6 +28,7 @@ from StateServer.dashboard.reports import (
 from StateServer.dashboard.series import Series
 from StateServer.dashboard.store import DashboardStore
 from tests.support.progress_messages import MALFORMED, META, NOW, alter, message, record
+from trainer.progress import ProgressReporter
 from trainer.records import RunLog
 
 
@@ -176,6 +178,37 @@ def test_on_time_per_worker_and_fidelity_per_run_from_overruns() -> None:
     submit(store, rank=0)
     snap = store.snapshot(None, NOW)
     assert snap["fidelity"] is None and snap["workers"][0]["on_time"] is None
+
+
+def test_bytes_per_parameter_server_are_summed_over_the_workers() -> None:
+    store = DashboardStore()
+    submit(store, rank=0, server_bytes=[300, 100])
+    submit(store, rank=1, server_bytes=[100, 100])
+    submit(store, rank=1)  # a message without them keeps the worker's last ones
+    snap = store.snapshot(None, NOW)
+    assert snap["server_bytes"] == [400, 200] and snap["server_balance"] == 0.5
+    html = page.render_dashboard(snap)
+    assert ">MB per parameter server</abbr></dt><dd>0.0, 0.0 (balance 0.50)</dd>" in html
+    store = DashboardStore()
+    submit(store, rank=0)  # no KVStore figures: nothing shown
+    snap = store.snapshot(None, NOW)
+    assert snap["server_bytes"] == [] and snap["server_balance"] is None
+    assert "parameter server" not in page.render_dashboard(snap)
+
+
+def test_the_reporter_sums_each_servers_bytes_beside_the_totals() -> None:
+    reporter = ProgressReporter("http://127.0.0.1:9", dict(META), token="t", timeout=0.01)
+    try:
+        reporter.report(record(1, server_bytes=[10, 20]))
+        reporter.report(record(2, server_bytes=[1, 2]))
+        totals = dict(reporter._totals)  # report() sums them on the training thread
+        entry = {k: v for k, v in record(2).items() if k in RECORD_FIELDS}
+        msg = reporter._message([(entry, totals, 1.0)], "running", None)
+    finally:
+        reporter.finish(True, timeout=0.1)
+    assert totals["server_bytes"] == [11, 22] and msg["server_bytes"] == [11, 22]
+    assert "server_bytes" not in msg["totals"] and "server_bytes" not in msg["records"][0]
+    assert parse_report(msg).server_bytes == (11, 22)
 
 
 def test_accuracy_and_loss_are_plotted_at_the_evaluated_rounds_time() -> None:

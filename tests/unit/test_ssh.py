@@ -34,10 +34,11 @@ def test_the_documented_host_file_parses() -> None:
     doc = (Path(ROOT) / "docs" / "deployment.md").read_text()
     block = doc.split("# hosts.txt\n", 1)[1].split("```", 1)[0]
     hosts = remote.parse_hostfile(block, "docs")
-    assert [(h.host, h.slots, h.slowdowns) for h in hosts] == [
-        ("gpu-node1", 2, ("1", "1")),
-        ("cpu-node2", 2, ("4", "4")),
-        ("me@cpu-node3", 1, ()),
+    assert [(h.host, h.slots, h.slowdowns, h.servers) for h in hosts] == [
+        ("gpu-node1", 2, ("1", "1"), 0),
+        ("cpu-node2", 2, ("4", "4"), 1),
+        ("me@cpu-node3", 1, (), 0),
+        ("cpu-node4", 0, (), 2),
     ]
 
 

@@ -26,6 +26,23 @@ def test_esync_cluster_numbers(tmp_path: Path) -> None:
     assert s["best_accuracy"] == 0.9375
 
 
+def test_bytes_per_server_are_summed_per_worker_and_over_the_cluster(tmp_path: Path) -> None:
+    def two(rnd: int, per_server: list[int]) -> dict:
+        return {**rec(rnd, 1.0 * rnd, 1, 32, 150, 150, 0.5), "server_bytes": per_server}
+
+    write_worker(
+        tmp_path, "sync", "hostA", "cpu", 0, 2, 1.0, [two(1, [200, 100]), two(2, [200, 100])]
+    )
+    write_worker(tmp_path, "sync", "hostA", "cpu", 1, 2, 1.0, [two(1, [200, 100])])
+    s = summarize(tmp_path / NET / "sync")
+    assert [w["server_bytes"] for w in s["workers"]] == [[400, 200], [200, 100]]
+    assert s["server_bytes"] == [600, 300] and s["server_balance"] == 0.5
+    assert sum(s["server_bytes"]) == s["total_bytes"]
+    write_worker(tmp_path, "local", "hostA", "cpu", 0, 1, 1.0, [rec(1, 1.0, 1, 32, 0, 0, 0.5)])
+    alone = summarize(tmp_path / NET / "local")
+    assert alone["server_bytes"] == [] and alone["server_balance"] is None
+
+
 def test_esync_worker_numbers(tmp_path: Path) -> None:
     workers = summarize(build_logs(tmp_path) / "esync")["workers"]
     got = [
