@@ -12,29 +12,28 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-
-def positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
-    return value
+import config
 
 
-def server_count(text: str) -> int:
-    """A number of parameter servers: 1 .. config.MAX_SERVERS."""
-    import config
+def bounded_int(name: str, low: int, high: int | None = None) -> Callable[[str], int]:
+    """An argparse type: a whole number >= ``low`` (and <= ``high``); ``name`` is what
+    argparse calls it when the text is not a number ("invalid positive_int value")."""
 
-    value = int(text)
-    if not 1 <= value <= config.MAX_SERVERS:
-        raise argparse.ArgumentTypeError(f"must be in 1..{config.MAX_SERVERS}, got {value}")
-    return value
+    def check(text: str) -> int:
+        value = int(text)
+        if high is None and value < low:
+            raise argparse.ArgumentTypeError(f"must be >= {low}, got {value}")
+        if high is not None and not low <= value <= high:
+            raise argparse.ArgumentTypeError(f"must be in {low}..{high}, got {value}")
+        return value
+
+    check.__name__ = name
+    return check
 
 
-def non_negative_int(text: str) -> int:
-    value = int(text)
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be >= 0, got {value}")
-    return value
+positive_int = bounded_int("positive_int", 1)
+non_negative_int = bounded_int("non_negative_int", 0)
+server_count = bounded_int("server_count", 1, config.MAX_SERVERS)  # parameter servers
 
 
 def non_negative_float(text: str) -> float:

@@ -159,8 +159,8 @@ def add_ssh_arguments(p: argparse.ArgumentParser) -> None:
         "--services-on",
         choices=("launcher", "first"),
         default="launcher",
-        help="-H: run the State Server, the scheduler and the parameter server on this machine "
-        "(default) or on the host file's first host",
+        help="-H: run the State Server, the scheduler and the parameter servers the host file "
+        "does not place (servers=) on this machine (default) or on the host file's first host",
     )
     g.add_argument(
         "--advertise",

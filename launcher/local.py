@@ -293,10 +293,11 @@ def _remote_name(name: str, where: ssh.Where) -> str:
 
 
 def bigarray_bound_env(opts: argparse.Namespace) -> dict[str, str]:
-    """``--bigarray-bound``: MXNet's split bound, for every node (the workers place the keys
-    by it, trainer/sharding.py)."""
+    """MXNet's split bound for every node, always said: ``--bigarray-bound``, else this
+    environment's, else MXNet's default. Every worker must place the keys alike
+    (trainer/sharding.py), and a remote node does not inherit this environment."""
     bound = getattr(opts, "bigarray_bound", None)
-    return {} if bound is None else {sharding.BOUND_VAR: str(bound)}
+    return {sharding.BOUND_VAR: str(sharding.bound_from() if bound is None else bound)}
 
 
 def start_distributed(

@@ -164,7 +164,7 @@ HOST_FIELDS = ("slots", "servers", "slowdown")
 def _whole(values: dict[str, str], key: str, default: int) -> int:
     """The non-negative whole number of field ``key`` (HostfileError naming it)."""
     text = values.get(key, str(default))
-    if not text.isdigit():
+    if not (text.isascii() and text.isdigit()):
         raise HostfileError(f"{key}={text}: not a whole number >= 0")
     return int(text)
 

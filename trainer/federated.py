@@ -26,7 +26,8 @@ from typing import ClassVar
 import mxnet as mx
 
 from argtypes import Option, momentum, non_negative_float, unit_interval
-from trainer import aggregate
+from trainer import aggregate, sharding
+from trainer.cluster import ClusterConfigError
 from trainer.modes import ESync, KVExchange, ModelAveraging, Sums, init_server
 from trainer.pacing import FixedSteps
 from trainer.strategy import Model, Strategy, named_arrays
@@ -262,6 +263,21 @@ class ServerRule(mx.optimizer.Optimizer):
         self.last[index] = self.rule(weight, grad, state, **self.params)
 
 
+def check_versions_stay_whole(mode: str, sizes: list[int]) -> None:
+    """A versioned key must sit whole on one server: MXNet splits an array of at least the
+    big-array bound over every server, and each server's rule would then see a slice whose
+    last element is a weight, not the version (trainer/sharding.py). ClusterConfigError (exit
+    code 2, not retried) naming the bound that keeps them whole."""
+    servers, bound, largest = sharding.servers_from(), sharding.bound_from(), max(sizes)
+    if servers > 1 and largest >= bound:
+        raise ClusterConfigError(
+            f"{mode} keeps each key's version in its last element, but with {servers} servers "
+            f"MXNet splits arrays of {bound:,} elements or more over all of them (its largest "
+            f"key has {largest:,}): give launch.py --bigarray-bound {largest + 1} or more "
+            f"({sharding.BOUND_VAR}), or one server"
+        )
+
+
 class VersionedAsync(Strategy):
     """Base of the dist_async modes whose server rule needs each push's staleness.
 
@@ -298,6 +314,7 @@ class VersionedAsync(Strategy):
         self.arrays = model.params + model.aux
         self.pulled = [a.copy() for a in self.arrays]
         self.buffers = [mx.nd.zeros((a.size + 1,), a.context, dtype=a.dtype) for a in self.arrays]
+        check_versions_stay_whole(type(self).__name__, [b.size for b in self.buffers])
         self._pack(self.arrays)  # rank 0's weights, version 0 (or the checkpoint's)
         self.restore_into("version", [buf[buf.size - 1 :] for buf in self.buffers])
         self.exchange = KVExchange(kv, self.buffers)

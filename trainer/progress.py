@@ -230,8 +230,8 @@ class ProgressReporter:
         totals = dict(totals)
         per_server = totals.pop(SERVER_BYTES, None)
         msg["totals"] = totals
-        if per_server:
-            msg["server_bytes"] = per_server
+        if per_server and len(per_server) > 1:  # one server: nothing to show, and an older
+            msg["server_bytes"] = per_server  # State Server would refuse the unknown field
         msg["records"] = [entry for entry, _, _ in batch]
         return msg
 

@@ -78,7 +78,7 @@ def test_two_and_four_servers_give_one_servers_parameters_bit_for_bit(tmp_path) 
 
 def test_a_killed_server_is_found_and_the_cluster_resumes(log_dir: str) -> None:
     flags = ["-n", "lenet", "-w", "2", "--slowdowns", "1,2", "-m", "sync", "--servers", "2"]
-    flags += ["--rounds", "60", "-e", "0", "--checkpoint-every", "5", "--max-restarts", "1"]
+    flags += ["--rounds", "200", "-e", "0", "--checkpoint-every", "5", "--max-restarts", "1"]
     flags += ["--failure-timeout", "10", "--timeout", "200"]
     proc = start_launcher(log_dir, *flags)
     try:
@@ -89,7 +89,7 @@ def test_a_killed_server_is_found_and_the_cluster_resumes(log_dir: str) -> None:
             if len(rounds) >= 8:
                 break
             time.sleep(0.3)
-        assert len(rounds) >= 8, process_log_tails(log_dir)
+        assert len(rounds) >= 8 and proc.poll() is None, process_log_tails(log_dir)
         os.kill(launched_pids(log_dir, "lenet", "sync")["server1"], signal.SIGKILL)
         out, err = proc.communicate(timeout=240)
     finally:
@@ -98,7 +98,19 @@ def test_a_killed_server_is_found_and_the_cluster_resumes(log_dir: str) -> None:
     assert proc.returncode == 0, (process_log_tails(log_dir), err[-3000:])
     assert "server1" in err and "restart 1 of 1" in err, err[-3000:]
     records = read_rounds(worker_folders(log_dir, "lenet", "sync")[0])
-    assert [r["round"] for r in records] == list(range(1, 61))
+    assert [r["round"] for r in records] == list(range(1, 201))
+
+
+def test_a_versioned_mode_with_split_keys_is_refused_and_not_retried(log_dir: str) -> None:
+    # fedasync keeps a version in each key's last element; lenet's 102,401-element key would
+    # be split over both servers at this bound
+    flags = ["-w", "2", "--slowdowns", "1,2", "-m", "fedasync", "-n", "lenet", "--rounds", "5"]
+    flags += ["--servers", "2", "--bigarray-bound", "20000", "--max-restarts", "1"]
+    res = run_py(["launch.py", *flags, "-ld", log_dir, "--timeout", "120"], timeout=200)
+    assert res.returncode != 0
+    out = res.stdout + res.stderr + process_log_tails(log_dir, lines=20)
+    assert "give launch.py --bigarray-bound 102402 or more" in out, out[-3000:]
+    assert "restart 1 of 1" not in res.stderr
 
 
 def _rank0_rounds(log_dir: str) -> list[dict]:

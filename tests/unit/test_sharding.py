@@ -91,3 +91,16 @@ def test_the_bound_and_the_server_count_come_from_the_environment() -> None:
     assert sharding.bound_from({"MXNET_KVSTORE_BIGARRAY_BOUND": "20000"}) == 20_000
     assert sharding.servers_from({}) == 1
     assert sharding.servers_from({"DMLC_NUM_SERVER": "4"}) == 4
+
+
+def test_a_versioned_key_must_stay_whole_on_one_server(monkeypatch) -> None:
+    from trainer.cluster import ClusterConfigError
+    from trainer.federated import check_versions_stay_whole
+
+    monkeypatch.setenv("DMLC_NUM_SERVER", "2")
+    monkeypatch.setenv(sharding.BOUND_VAR, "20000")
+    with pytest.raises(ClusterConfigError, match="--bigarray-bound 102402 or more"):
+        check_versions_stay_whole("FedAsync", [501, 102_401, 11])
+    check_versions_stay_whole("FedAsync", [19_999, 11])  # below the bound: whole
+    monkeypatch.setenv("DMLC_NUM_SERVER", "1")
+    check_versions_stay_whole("FedAsync", [10**7])  # one server: nothing is split
