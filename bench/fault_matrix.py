@@ -79,8 +79,9 @@ def checkpoint_folder(log_dir: str):
 
 def wait_for_phase(
     run: LauncherRun, phase: str, name: str, log_dir: str, deadline: float, every: int
-):
-    """Block until ``phase`` begins; returns whether a checkpoint write was under way.
+) -> tuple[int, bool | None]:
+    """Block until ``phase`` begins; returns the target's pid and whether a checkpoint write
+    was under way (the pid as seen then: pids.json is rewritten as processes start).
 
     Mid-run is the round after the first checkpoint (``every``: --checkpoint-every), so that
     a restart has one to go back to; the checkpoint phase is the write of the second one (a
@@ -89,16 +90,16 @@ def wait_for_phase(
     while time.monotonic() < deadline and run.proc.poll() is None:
         pids = _pids(log_dir)
         if phase == "start-up" and name in pids:
-            return None
+            return pids[name], None
         if phase == "mid-run" and name in pids and rank0_round(log_dir) > every:
-            return None
+            return pids[name], None
         if phase == "checkpoint" and name in pids and rank0_round(log_dir) > every:
             folder = checkpoint_folder(log_dir)
             names = {p.name for p in folder.iterdir()} if folder.is_dir() else set()
             new = names - seen if seen else set()
             seen |= names or {""}
             if new:
-                return any(".tmp" in n for n in names)
+                return pids[name], any(".tmp" in n for n in names)
         time.sleep(0.002 if phase == "checkpoint" else 0.05)
     raise TimeoutError(f"the run never reached the {phase} phase")
 
@@ -155,10 +156,9 @@ def run_cell(cell: Cell, opts: argparse.Namespace, tmp: str) -> Cell:
     try:
         name = TARGETS[cell.target]
         deadline = time.monotonic() + 180
-        cell.mid_write = wait_for_phase(
+        pid, cell.mid_write = wait_for_phase(
             run, cell.phase, name, log_dir, deadline, opts.checkpoint_every
         )
-        pid = _pids(log_dir)[name]
         cell.reached = rank0_round(log_dir)
         cell.injected_at = time.monotonic() - run.started
         inject(cell, pid, opts.stop_for)
