@@ -35,6 +35,21 @@ class ExactParser(argparse.ArgumentParser):
 # the launcher's plain number flags: (flag, type, default, help); dest is the flag's name
 NUMBERS = (
     (
+        "--servers",
+        server_count,
+        None,
+        f"parameter servers; ps-lite shards the keys over them (default {config.SERVERS}, or "
+        "with -H the total of the host file's servers=): those the host file does not place run "
+        "with the scheduler (docs/deployment.md, 'Several parameter servers')",
+    ),
+    (
+        "--bigarray-bound",
+        positive_int,
+        None,
+        "MXNET_KVSTORE_BIGARRAY_BOUND on every node: an array of this many elements or more is "
+        f"split over all servers (MXNet's default {sharding.DEFAULT_BIGARRAY_BOUND:,})",
+    ),
+    (
         "--dashboard-linger",
         float,
         config.DASHBOARD_LINGER_S,
@@ -113,30 +128,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     for flag, kind, default, text in NUMBERS:
         p.add_argument(flag, type=kind, default=default, help=text)
-    add_server_arguments(p)
     add_ssh_arguments(p)
     return p
-
-
-def add_server_arguments(p: argparse.ArgumentParser) -> None:
-    """The parameter servers' flags (docs/deployment.md, "Several parameter servers")."""
-    p.add_argument(
-        "--servers",
-        type=server_count,
-        default=None,
-        help=f"parameter servers; ps-lite shards the keys over them (default {config.SERVERS}, or "
-        "with -H the total of the host file's servers=): those the host file does not place run "
-        "with the scheduler",
-    )
-    p.add_argument(
-        "--bigarray-bound",
-        dest="bigarray_bound",
-        type=positive_int,
-        default=None,
-        metavar="ELEMENTS",
-        help="MXNET_KVSTORE_BIGARRAY_BOUND on every node: an array of this many elements or "
-        f"more is split over all servers (MXNet's default {sharding.DEFAULT_BIGARRAY_BOUND:,})",
-    )
 
 
 def add_ssh_arguments(p: argparse.ArgumentParser) -> None:
